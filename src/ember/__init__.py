@@ -1,0 +1,35 @@
+"""Ember: a CPU-first inference engine for embedding models."""
+
+from __future__ import annotations
+
+from ember.config import EngineConfig
+from ember.entrypoints.llm import LLM
+from ember.entrypoints.sentence_transformer import SentenceTransformer
+from ember.errors import (
+    EmberError,
+    EngineDeadError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnsupportedModelError,
+)
+from ember.outputs import CompilationTimes, EmbeddingOutput, EmbeddingRequestOutput
+from ember.params import PoolingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "CompilationTimes",
+    "EmberError",
+    "EmbeddingOutput",
+    "EmbeddingRequestOutput",
+    "EngineConfig",
+    "EngineDeadError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "PoolingParams",
+    "SentenceTransformer",
+    "UnsupportedModelError",
+]

@@ -1,0 +1,1 @@
+"""User-facing surfaces: offline LLM, sentence-transformers drop-in, CLI, server."""

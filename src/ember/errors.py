@@ -1,0 +1,39 @@
+"""Typed errors. Every failure a user can cause is an EmberError subclass."""
+
+from __future__ import annotations
+
+
+class EmberError(Exception):
+    """Base class of every error Ember raises on purpose."""
+
+
+class InvalidRequestError(EmberError, ValueError):
+    """The request (prompt, parameter) is not valid for this model.
+
+    Attributes:
+        param: the name of the offending field, when there is one.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFoundError(EmberError, FileNotFoundError):
+    """The model name or folder does not resolve to a loadable model."""
+
+
+class UnsupportedModelError(EmberError):
+    """The model folder is readable but its architecture or format is not supported."""
+
+
+class OverloadedError(EmberError):
+    """The engine's queue is full; retry later."""
+
+
+class EngineDeadError(EmberError, RuntimeError):
+    """The engine failed while running and cannot serve further requests."""
+
+
+class OutOfMemoryBudgetError(EmberError, MemoryError):
+    """The configured memory budget is too small for the model."""

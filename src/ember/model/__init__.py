@@ -1,0 +1,1 @@
+"""Model code: loader, registry, architectures, pooling. Plain torch; no engine imports."""

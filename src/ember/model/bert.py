@@ -1,0 +1,176 @@
+"""BERT and RoBERTa/XLM-RoBERTa encoders in plain torch.
+
+Inputs are right-padded [batch, seq] token ids with a 0/1 attention mask, so the runner can feed
+bucketed batches of any shape. q/k/v are fused into one linear on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ember.errors import UnsupportedModelError
+from ember.model.layers.attention import encoder_attention, padding_mask
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    max_position_embeddings: int
+    type_vocab_size: int
+    pad_token_id: int
+    position_offset: int
+    """RoBERTa numbers positions from pad_token_id + 1; BERT from 0."""
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], *, position_offset: int) -> EncoderConfig:
+        kind = hf.get("position_embedding_type", "absolute")
+        if kind != "absolute":
+            raise UnsupportedModelError(f"position_embedding_type={kind!r} is not supported (only 'absolute')")
+        act = hf.get("hidden_act", "gelu")
+        if act not in _ACTIVATIONS:
+            raise UnsupportedModelError(f"hidden_act={act!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"],
+            hidden_act=act,
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+            max_position_embeddings=hf["max_position_embeddings"],
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            pad_token_id=hf.get("pad_token_id") or 0,
+            position_offset=position_offset,
+        )
+
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence the position table allows."""
+        return self.max_position_embeddings - self.position_offset
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.position_offset = cfg.position_offset
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        # Right padding: every real token's position is its index (plus RoBERTa's offset).
+        positions = torch.arange(self.position_offset, seq + self.position_offset, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(x)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(h, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, h)
+        self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask)
+        x = self.attn_norm(x + self.attn_out(attn))
+        return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
+
+
+class BertModel(nn.Module):
+    """Encoder returning the last hidden states [batch, seq, hidden]."""
+
+    position_offset_from_pad = False
+    checkpoint_prefixes = ("bert.", "model.")
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> EncoderConfig:
+        offset = (hf.get("pad_token_id") or 0) + 1 if cls.position_offset_from_pad else 0
+        return EncoderConfig.from_hf(hf, position_offset=offset)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.embeddings(input_ids, token_type_ids)  # [batch, seq, hidden]
+        mask = padding_mask(attention_mask)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def convert_checkpoint(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """HF checkpoint names -> this module's names, fusing q/k/v."""
+        weights = _strip_prefixes(weights, self.checkpoint_prefixes)
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in weights.items():
+            if name.startswith("embeddings.") and not name.endswith("position_ids"):
+                out[name] = tensor
+        for i in range(self.config.num_hidden_layers):
+            src, dst = f"encoder.layer.{i}.", f"layers.{i}."
+            for kind in ("weight", "bias"):
+                out[dst + f"qkv.{kind}"] = torch.cat(
+                    [weights[src + f"attention.self.{p}.{kind}"] for p in ("query", "key", "value")]
+                )
+                for theirs, ours in _LAYER_NAMES.items():
+                    out[dst + f"{ours}.{kind}"] = weights[src + f"{theirs}.{kind}"]
+        return out
+
+
+class RobertaModel(BertModel):
+    position_offset_from_pad = True
+    checkpoint_prefixes = ("roberta.", "model.")
+
+
+_LAYER_NAMES = {
+    "attention.output.dense": "attn_out",
+    "attention.output.LayerNorm": "attn_norm",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+    "output.LayerNorm": "ffn_norm",
+}
+
+
+def _strip_prefixes(weights: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    for prefix in prefixes:
+        if any(k.startswith(prefix + "embeddings.") for k in weights):
+            return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    return weights

@@ -1,0 +1,87 @@
+"""Read a model folder: HF config, weights, sentence-transformers modules -> a ready nn.Module.
+
+Weights are loaded from safetensors (or pytorch_model.bin with weights_only=True) onto a model
+built on the meta device, with load_state_dict(assign=True): no second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ember.errors import ModelNotFoundError, UnsupportedModelError
+from ember.model.registry import model_class, resolve_architecture
+from ember.model.st_modules import SentenceTransformerModules, read_st_modules
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    """The files of one model folder, parsed."""
+
+    path: Path
+    hf_config: dict[str, Any]
+    architecture: str
+    st: SentenceTransformerModules
+
+    @classmethod
+    def read(cls, path: Path) -> ModelFolder:
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            present = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+            raise ModelNotFoundError(f"{path} has no config.json, so it is not a model folder (it holds: {present})")
+        hf_config = read_json(config_file)
+        return cls(path, hf_config, resolve_architecture(hf_config), read_st_modules(path))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UnsupportedModelError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in `path` (single file or index-sharded)."""
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        weights: dict[str, torch.Tensor] = {}
+        for file in files:
+            weights.update(load_file(str(file)))
+        return weights
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        weights = {}
+        for file in bins:
+            weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+        return weights
+    raise ModelNotFoundError(
+        f"{path} has no weights: expected model.safetensors (or pytorch_model.bin)"
+    )
+
+
+def build_model(folder: ModelFolder, dtype: torch.dtype) -> nn.Module:
+    """Instantiate the architecture and load its weights in `dtype`, in eval mode."""
+    cls = model_class(folder.architecture)
+    cfg = cls.config_from_hf(folder.hf_config)
+    with torch.device("meta"):
+        model = cls(cfg)
+    weights = load_weights(folder.path)
+    try:
+        state = {k: v.to(dtype) for k, v in model.convert_checkpoint(weights).items()}
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, KeyError) as exc:
+        raise UnsupportedModelError(f"weights in {folder.path} do not fit {folder.architecture}: {exc}") from exc
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,48 @@
+"""Architecture name -> model class table, imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ember.errors import UnsupportedModelError
+
+# architectures[0] (or model_type) -> (module, class)
+_ENCODERS: dict[str, tuple[str, str]] = {
+    "BertModel": ("ember.model.bert", "BertModel"),
+    "BertForMaskedLM": ("ember.model.bert", "BertModel"),
+    "BertForPreTraining": ("ember.model.bert", "BertModel"),
+    "RobertaModel": ("ember.model.bert", "RobertaModel"),
+    "RobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
+    "XLMRobertaModel": ("ember.model.bert", "RobertaModel"),
+    "XLMRobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
+}
+_MODEL_TYPES: dict[str, str] = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_ENCODERS)
+
+
+def resolve_architecture(hf_config: dict[str, Any]) -> str:
+    """Pick the architecture name from config.json, or raise UnsupportedModelError."""
+    for arch in hf_config.get("architectures") or []:
+        if arch in _ENCODERS:
+            return arch
+    model_type = hf_config.get("model_type")
+    if model_type in _MODEL_TYPES:
+        return _MODEL_TYPES[model_type]
+    named = hf_config.get("architectures") or [model_type]
+    raise UnsupportedModelError(
+        f"unsupported architecture {named} (model_type={model_type!r}); "
+        f"supported: {', '.join(supported_architectures())}"
+    )
+
+
+def model_class(architecture: str) -> type:
+    module_name, class_name = _ENCODERS[architecture]
+    return getattr(importlib.import_module(module_name), class_name)

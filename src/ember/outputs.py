@@ -1,0 +1,60 @@
+"""Result types returned by the offline API (vLLM-compatible attribute names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class EmbeddingOutput:
+    """One pooled vector. `data` is a float32 numpy array; `embedding` a list (vLLM)."""
+
+    data: np.ndarray
+
+    @property
+    def embedding(self) -> list[float]:
+        return self.data.tolist()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.data.shape[-1])
+
+
+@dataclass(slots=True)
+class EmbeddingRequestOutput:
+    """The result of one prompt, in the order the prompts were given."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    truncated: bool = False
+    finished: bool = True
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(slots=True)
+class CompilationTimes:
+    """Seconds spent compiling before ready, per model part (vLLM's names)."""
+
+    language_model: float = 0.0
+    encoder: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.language_model + self.encoder
+
+
+@dataclass(slots=True)
+class ReadyReport:
+    """What startup did, logged in the readiness line and returned by `llm.stats()`."""
+
+    compilation_times: CompilationTimes = field(default_factory=CompilationTimes)
+    warmup_s: float = 0.0
+    num_warmed_shapes: int = 0
+    startup_s: float = 0.0
+    rss_bytes: int = 0

@@ -1,0 +1,1 @@
+"""Model runner and worker lifecycle. No queues, no asyncio."""

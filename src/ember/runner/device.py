@@ -1,0 +1,82 @@
+"""CPU facts detected at run time: physical cores, bf16 support, thread setup."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+
+import torch
+
+from ember.config import DType
+
+logger = logging.getLogger(__name__)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads counted once)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    seen = set()
+    for cpu in allowed:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+        try:
+            with open(path, encoding="utf-8") as f:
+                seen.add(f.read().strip())
+        except OSError:
+            seen.add(str(cpu))
+    return max(1, len(seen))
+
+
+def init_threads(threads: int | None) -> int:
+    """Set intra-op threads (default: physical cores); returns the count used."""
+    n = threads or physical_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+@cache
+def bf16_is_faster() -> bool:
+    """Whether bf16 GEMMs beat fp32 on this CPU. AMX always does; AVX512_BF16 alone may not
+    (measured slower than fp32 on a Xeon without AMX), so that case is timed once."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return True
+    if "avx512_bf16" not in flags:
+        return False
+    return _time_linear(torch.bfloat16) < 0.8 * _time_linear(torch.float32)
+
+
+def _time_linear(dtype: torch.dtype) -> float:
+    import time
+
+    x = torch.randn(512, 384, dtype=dtype)
+    lin = torch.nn.Linear(384, 1536, dtype=dtype)
+    with torch.inference_mode():
+        lin(x)
+        start = time.perf_counter()
+        for _ in range(10):
+            lin(x)
+    return time.perf_counter() - start
+
+
+def resolve_dtype(dtype: DType) -> torch.dtype:
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    chosen = torch.bfloat16 if bf16_is_faster() else torch.float32
+    logger.info("dtype auto -> %s (cpu flags: amx_bf16=%s avx512_bf16=%s)", chosen,
+                "amx_bf16" in cpu_flags(), "avx512_bf16" in cpu_flags())
+    return chosen
