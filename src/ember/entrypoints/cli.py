@@ -1,0 +1,106 @@
+"""`ember` command line: parse arguments -> EngineConfig -> call the offline API or server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, NoReturn
+
+from ember.config import DEFAULT_MODEL
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ember: error: {message} (see 'ember --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that starts an engine."""
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"model folder or installed name (default: {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute dtype; auto = bf16 where it is faster on this CPU, else fp32")
+    parser.add_argument("--max-model-len", type=_positive_int, help="longest prompt in tokens")
+    parser.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192,
+                        help="padded-token budget of one batch")
+    parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
+    parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
+    parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
+    parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
+    parser.add_argument("--memory-limit", type=_positive_int, help="resident memory budget in bytes")
+    parser.add_argument("--pooler-config", type=_json_object, help='JSON, e.g. \'{"pooling_type": "CLS"}\'')
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "enforce_eager": args.enforce_eager,
+        "seed": args.seed,
+        "threads": args.threads,
+        "compile_cache_dir": args.compile_cache_dir,
+        "memory_limit": args.memory_limit,
+        "pooler_config": args.pooler_config,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ember", description="Ember: CPU-first inference engine for embedding models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    embed = sub.add_parser("embed", help="embed lines or JSONL from a file or stdin (offline batch job)")
+    add_engine_args(embed)
+    embed.add_argument("-i", "--input", default="-", help="text lines or JSONL ({\"text\": ...}); default stdin")
+    embed.add_argument("-o", "--output", default="-", help=".npy or JSONL output; default stdout (JSONL)")
+    embed.add_argument("--truncate", action="store_true", help="truncate over-long prompts instead of failing")
+    sub.add_parser("models", help="list the installed models Ember can load by name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ember.entrypoints import commands
+    from ember.errors import EmberError
+
+    try:
+        return commands.run(args)
+    except EmberError as exc:
+        print(f"ember: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Session fixtures that build tiny random models on disk, and shared check helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.tiny_models import build_tiny_bert, build_tiny_xlm_roberta
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-cls"), pooling="CLS", normalize=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_xlm_roberta(tmp_path_factory.mktemp("tiny-xlmr"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_mean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_xlm_roberta(tmp_path_factory.mktemp("tiny-xlmr-mean"), pooling="MEAN", normalize=True)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from ember.model.sources import resolve_model_path
+
+    return resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+
+
+def check_close(*, ours: np.ndarray, ref: np.ndarray, name_ours: str, name_ref: str, tol: float,
+                label: str = "") -> float:
+    """Assert cosine(ours, ref) >= 1 - tol, row by row; returns the min cosine."""
+    ours = np.atleast_2d(np.asarray(ours, dtype=np.float64))
+    ref = np.atleast_2d(np.asarray(ref, dtype=np.float64))
+    assert ours.shape == ref.shape, f"{label}: shape {name_ours} {ours.shape} != {name_ref} {ref.shape}"
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    worst = int(np.argmin(cos))
+    assert cos[worst] >= 1 - tol, (
+        f"{label} row {worst}: cosine {cos[worst]:.6f} < {1 - tol}; max abs diff "
+        f"{np.abs(ours - ref).max():.3g}\n{name_ours}: {ours[worst][:16]}\n{name_ref}: {ref[worst][:16]}"
+    )
+    return float(cos.min())

@@ -1,0 +1,104 @@
+"""Builders of tiny random models in the real on-disk layout (config.json, model.safetensors,
+tokenizer.json, sentence-transformers modules), loaded by tests through Ember's real loader."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+WORDS = (
+    "the of and to in is was for on that with as by at from it an be are this which or his has "
+    "had not but were their one all new more also after first two they can its other been who "
+    "time year world people city state over only most some would made like between about many "
+    "quick brown fox jumps lazy dog cat search engine vector embedding text model query document "
+    "python code function return value data token batch cpu fast slow hello ember fire light "
+    "water earth music book house river mountain paris france london night day good bad big small"
+).split()
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: tuple[str, str]) -> int:
+    """A real WordPiece tokenizer.json; returns the vocab size. specials: role -> token."""
+    vocab: dict[str, int] = {}
+    for token in specials.values():
+        vocab.setdefault(token, len(vocab))
+    for ch in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault("##" + ch, len(vocab))
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(WordPiece(vocab, unk_token=specials["unk_token"], max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    bos, eos = template
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])],
+    )
+    tok.add_special_tokens(list(specials.values()))
+    tok.save(str(folder / "tokenizer.json"))
+    write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **specials,
+    })
+    write_json(folder / "special_tokens_map.json", specials)
+    return len(vocab)
+
+
+def write_st_modules(folder: Path, hidden: int, pooling: str, normalize: bool, max_seq_length: int) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "CLS",
+        "pooling_mode_mean_tokens": pooling == "MEAN",
+        "pooling_mode_max_tokens": pooling == "MAX",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    })
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
+
+
+def build_tiny_bert(folder: Path, *, pooling: str = "MEAN", normalize: bool = True, max_seq_length: int = 64) -> Path:
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("[CLS]", "[SEP]"))
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    write_st_modules(folder, 32, pooling, normalize, max_seq_length)
+    return folder
+
+
+def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: bool = False,
+                           max_seq_length: int = 64) -> Path:
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("<s>", "</s>"))
+    config = XLMRobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=130, type_vocab_size=1,
+                              pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder, safe_serialization=True)
+    write_st_modules(folder, 32, pooling, normalize, max_seq_length)
+    return folder
