@@ -32,7 +32,7 @@ def normalize_prompts(prompts: Any) -> list[str | list[int]]:
 
 
 def _is_token_ids(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and all(
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)) and len(value) > 0 and all(
         isinstance(x, int) and not isinstance(x, bool) for x in value
     )
 

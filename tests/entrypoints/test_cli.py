@@ -1,0 +1,64 @@
+"""The `ember` command line, run as a user would (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ember import LLM
+
+
+def ember(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ember.entrypoints.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_embed_stdin_to_jsonl_and_file_to_npy(tiny_bert, tmp_path):
+    lines = ["quick brown fox", '{"text": "lazy dog"}', "", "hello world"]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines))
+    result = ember("embed", str(tiny_bert), "--enforce-eager", "--dtype", "float32", stdin="\n".join(lines))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == ["quick brown fox", "lazy dog", "hello world"]
+    npy = tmp_path / "out.npy"
+    result = ember("embed", str(tiny_bert), "--enforce-eager", "--dtype", "float32", "-i", str(source), "-o", str(npy))
+    assert result.returncode == 0, result.stderr
+    matrix = np.load(npy)
+    expected = LLM(str(tiny_bert), dtype="float32", enforce_eager=True).embed(["quick brown fox", "lazy dog", "hello world"])
+    np.testing.assert_allclose(matrix, np.stack([o.outputs.data for o in expected]), atol=1e-5)
+    np.testing.assert_allclose(matrix[0], records[0]["embedding"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["embed", "--max-num-seqs", "-3"], "--max-num-seqs"),
+        (["embed", "--dtype", "float16"], "--dtype"),
+        (["embed", "--pooler-config", "{bad"], "--pooler-config"),
+        (["frobnicate"], "invalid choice"),
+        (["embed", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, fragment):
+    result = ember(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+
+
+def test_runtime_errors_exit_1_with_one_line(tmp_path):
+    result = ember("embed", str(tmp_path / "missing-model"), stdin="hello\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("ember: error: model")
+    result = ember("embed", "-i", str(tmp_path / "missing.txt"))
+    assert result.returncode == 1 and "cannot read input" in result.stderr
+
+
+def test_models_lists_the_default_model():
+    result = ember("models")
+    assert result.returncode == 0
+    assert "sentence-transformers/all-MiniLM-L6-v2\t/" in result.stdout

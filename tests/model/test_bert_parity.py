@@ -1,0 +1,59 @@
+"""Ember's own BERT / XLM-R code vs transformers on the same tiny random checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ember import LLM
+from tests.conftest import check_close
+from tests.texts import varied_texts
+
+
+def _reference(folder, texts: list[str], pooling: str, normalize: bool) -> np.ndarray:
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=64)
+    model = AutoModel.from_pretrained(folder).eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok.encode(text).ids])
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+            vec = hidden[0] if pooling == "CLS" else hidden.mean(0)
+            rows.append(torch.nn.functional.normalize(vec, dim=0) if normalize else vec)
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "pooling", "normalize"),
+    [("tiny_bert", "MEAN", True), ("tiny_bert_cls", "CLS", False), ("tiny_xlmr", "CLS", False),
+     ("tiny_xlmr_mean", "MEAN", True)],
+)
+def test_tiny_model_matches_transformers(request, fixture, pooling, normalize):
+    folder = request.getfixturevalue(fixture)
+    texts = [t for t in varied_texts(60) if t.strip()]
+    llm = LLM(str(folder), dtype="float32", enforce_eager=True)
+    assert llm.model_info.pooling_type == pooling and llm.model_info.normalize == normalize
+    ours = np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
+    ref = _reference(folder, texts, pooling, normalize)
+    min_cos = check_close(ours=ours, ref=ref, name_ours="ember", name_ref="transformers", tol=1e-4, label=fixture)
+    print(f"{fixture}: min cosine {min_cos:.7f}, max abs diff {np.abs(ours - ref).max():.2e}")
+
+
+@pytest.mark.parametrize("pooling", ["CLS", "MEAN", "MAX", "LAST"])
+def test_pooler_config_override(tiny_bert, pooling):
+    llm = LLM(str(tiny_bert), dtype="float32", enforce_eager=True, pooler_config={"pooling_type": pooling,
+                                                                                  "normalize": False})
+    text = "quick brown fox"
+    ours = llm.embed(text)[0].outputs.data
+    from transformers import AutoModel
+
+    ids = torch.tensor([llm.embed(text)[0].prompt_token_ids])
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(tiny_bert).eval()(input_ids=ids).last_hidden_state[0]
+    ref = {"CLS": hidden[0], "MEAN": hidden.mean(0), "MAX": hidden.max(0).values, "LAST": hidden[-1]}[pooling]
+    check_close(ours=ours, ref=ref.numpy(), name_ours="ember", name_ref="transformers", tol=1e-5, label=pooling)
