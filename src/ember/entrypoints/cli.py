@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -73,6 +74,21 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible embedding server")
+    add_engine_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
+    serve.add_argument("--api-key", default=os.environ.get("EMBER_API_KEY") or None,
+                       help="require 'Authorization: Bearer KEY' on all routes but /health and /metrics "
+                            "(default: $EMBER_API_KEY)")
+    serve.add_argument("--served-model-name", help="model name reported and accepted by the API")
+    serve.add_argument("--max-waiting-requests", type=_positive_int, default=4096,
+                       help="prompts allowed to wait; past it requests get 503 + Retry-After")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=32 * 2**20,
+                       help="largest request body; larger ones get 413")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ember", description="Ember: CPU-first inference engine for embedding models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -82,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("-o", "--output", default="-", help=".npy or JSONL output; default stdout (JSONL)")
     embed.add_argument("--truncate", action="store_true", help="truncate over-long prompts instead of failing")
     sub.add_parser("models", help="list the installed models Ember can load by name")
+    add_serve_parser(sub)
     return parser
 
 

@@ -17,6 +17,10 @@ def run(args: argparse.Namespace) -> int:
         return list_models()
     if args.command == "embed":
         return embed(args)
+    if args.command == "serve":
+        from ember.entrypoints.serve import serve
+
+        return serve(args)
     raise AssertionError(args.command)
 
 

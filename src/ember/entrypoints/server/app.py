@@ -1,0 +1,71 @@
+"""create_app: the FastAPI app around one AsyncEngine. The engine warms up in the background
+while the app already answers (/health says 503 until it is ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ember.config import EngineConfig
+from ember.engine.async_engine import AsyncEngine
+from ember.entrypoints.server import errors
+from ember.entrypoints.server.metrics import ServerMetrics
+from ember.entrypoints.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from ember.entrypoints.server.protocol import JSONBody
+from ember.entrypoints.server.routes import embeddings, health, models, pooling, tokenize
+from ember.entrypoints.server.state import ServerSettings, ServerState
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
+def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
+               on_engine_failed: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """The app; its lifespan starts the engine (in a thread) and stops it after in-flight requests.
+
+    Args:
+        config: the engine configuration.
+        settings: host, port (for the ready line), API key, served model name, body limit.
+        on_engine_failed: called (on the engine thread) if the engine cannot start, e.g. to stop the server.
+    """
+    settings = settings or ServerSettings()
+    model_name = settings.served_model_name or config.model_config.served_model_name or config.model_config.model
+    metrics = ServerMetrics()
+    engine = AsyncEngine(config, on_step=metrics.observe_step, on_startup_failed=on_engine_failed,
+                         on_ready=lambda: _log_ready(engine, settings, model_name))
+    metrics.watch(engine, model_name)
+    state = ServerState(engine, settings, metrics, model_name,
+                        frozenset({model_name, config.model_config.model}), int(time.time()))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("starting engine: %s", config)
+        engine.start()
+        yield
+        logger.info("shutting down: finishing in-flight requests")
+        await asyncio.to_thread(engine.shutdown, SHUTDOWN_TIMEOUT_S)
+
+    app = FastAPI(title="Ember", summary="OpenAI-compatible embedding server", lifespan=lifespan,
+                  default_response_class=JSONBody)
+    app.state.ember = state
+    for module in (embeddings, pooling, tokenize, models, health):
+        app.include_router(module.router)
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _log_ready(engine: AsyncEngine, settings: ServerSettings, model_name: str) -> None:
+    stats = engine.stats()
+    logger.info(
+        "ready: serving %s at %s (startup %.1f s, compile %.1f s, warm-up %.1f s over %d shapes, dtype %s)",
+        model_name, settings.url, stats["startup_s"], stats["compilation_time_s"], stats["warmup_s"],
+        stats["num_warmed_shapes"], stats["dtype"],
+    )

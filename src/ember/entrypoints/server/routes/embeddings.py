@@ -1,0 +1,73 @@
+"""POST /v1/embeddings (OpenAI) and the request flow the pooling route shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from ember.engine.request import Request as EngineRequest
+from ember.entrypoints.server.protocol import (
+    MAX_INPUT_ITEMS,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    JSONBody,
+    encode_vector,
+)
+from ember.entrypoints.server.state import check_model, get_state, require_api_key
+from ember.errors import InvalidRequestError
+from ember.params import PoolingParams
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, response_class=JSONBody)
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    """One vector per input, in input order; `usage.prompt_tokens` counts the tokens embedded."""
+    model, results = await run_pooling(body, request, task="embed")
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(r.output.numpy(), body.encoding_format)}
+        for i, r in enumerate(results)
+    ]
+    return JSONBody({"object": "list", "data": data, "model": model, "usage": usage(results)})
+
+
+async def run_pooling(body: EmbeddingRequest, request: Request, *, task: str) -> tuple[str, list[EngineRequest]]:
+    """Check the model and the input, run it through the engine; (served name, finished requests)."""
+    state = get_state(request)
+    model = check_model(state, body.model)
+    check_input(body.input)
+    params = PoolingParams(normalize=body.normalize, dimensions=body.dimensions,
+                           truncate_prompt_tokens=body.truncate_prompt_tokens)
+    results = await state.engine.encode(body.input, params, task, is_disconnected=_disconnect_waiter(request))
+    return model, results
+
+
+def check_input(value: Any) -> None:
+    """What pydantic's types do not say: no empty strings or lists, at most MAX_INPUT_ITEMS items."""
+    if value == "" or value == []:
+        raise InvalidRequestError("'input' must not be empty", param="input")
+    if isinstance(value, list) and isinstance(value[0], (str, list)):
+        if len(value) > MAX_INPUT_ITEMS:
+            raise InvalidRequestError(
+                f"'input' has {len(value)} items; at most {MAX_INPUT_ITEMS} are allowed per request", param="input"
+            )
+        empty = next((i for i, item in enumerate(value) if len(item) == 0), None)
+        if empty is not None:
+            raise InvalidRequestError(f"'input[{empty}]' must not be empty", param="input")
+
+
+def usage(results: list[EngineRequest]) -> dict[str, int]:
+    tokens = sum(r.num_tokens for r in results)
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def _disconnect_waiter(request: Request) -> Any:
+    """An awaitable factory that returns when the client goes away (the body is already read)."""
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return wait_for_disconnect

@@ -1,0 +1,64 @@
+"""What the routes share: server settings, the engine handle, and the request guards
+(API key, model name) used as FastAPI dependencies."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ember.engine.async_engine import AsyncEngine
+from ember.entrypoints.server.errors import AuthenticationError
+from ember.entrypoints.server.metrics import ServerMetrics
+from ember.errors import ModelNotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    """When set, every route but /health and /metrics needs `Authorization: Bearer <key>`."""
+    served_model_name: str | None = None
+    """Name reported by /v1/models and accepted in `model`. Default: the model argument."""
+    max_body_bytes: int = 32 * 2**20
+    """Larger request bodies are refused with 413."""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(slots=True)
+class ServerState:
+    engine: AsyncEngine
+    settings: ServerSettings
+    metrics: ServerMetrics
+    model_name: str
+    """The served model name."""
+    accepted_names: frozenset[str]
+    created: int
+    """Unix time the server started (the model card's `created`)."""
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.ember
+
+
+def check_model(state: ServerState, name: str | None) -> str:
+    """The served name; a request naming another model is a 404."""
+    if name is not None and name not in state.accepted_names:
+        raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves '{state.model_name}'")
+    return state.model_name
+
+
+async def require_api_key(request: Request) -> None:
+    """Dependency: constant-time check of the bearer token when an API key is configured."""
+    expected = get_state(request).settings.api_key
+    if expected is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise AuthenticationError("missing or invalid API key; send 'Authorization: Bearer <key>'")

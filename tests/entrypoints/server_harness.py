@@ -1,0 +1,56 @@
+"""Run the real app with uvicorn on a free localhost port, in a background thread (server tests)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+
+from ember.config import EngineConfig
+from ember.engine.async_engine import AsyncEngine
+from ember.entrypoints.server.app import create_app
+from ember.entrypoints.server.state import ServerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    """`with RunningServer(model, enforce_eager=True) as server:` -> server.url, server.engine."""
+
+    def __init__(self, model: str, *, api_key: str | None = None, served_model_name: str | None = None,
+                 max_body_bytes: int = 32 * 2**20, **engine_kwargs: Any) -> None:
+        self.port = free_port()
+        self.config = EngineConfig.from_kwargs(model, **engine_kwargs)
+        self.settings = ServerSettings(port=self.port, api_key=api_key, served_model_name=served_model_name,
+                                       max_body_bytes=max_body_bytes)
+        self.app = create_app(self.config, self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.app.state.ember.engine
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            self.thread.join(0.05)
+        return self
+
+    def wait_ready(self, timeout_s: float = 600) -> RunningServer:
+        assert self.engine.wait_ready(timeout_s), f"engine did not start: {self.engine.startup_error}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(120)
