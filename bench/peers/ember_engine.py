@@ -1,0 +1,29 @@
+"""Ember runner (Ember's own venv). Options are LLM(...) keyword arguments, e.g. {"dtype": "float32"}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import common
+
+
+def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
+    import ember
+    from ember import LLM
+
+    llm = LLM(job["model"], **job["options"])
+
+    def embed(texts: list[str]) -> np.ndarray:
+        outs = llm.embed(texts, truncate_prompt_tokens=-1)
+        return np.stack([o.outputs.data for o in outs])
+
+    stats = llm.stats()
+    info = {"version": getattr(ember, "__version__", "?"), "dtype": stats.get("dtype"),
+            "compiled": stats.get("is_compiled"), "startup_s": stats.get("startup_s")}
+    return embed, info
+
+
+if __name__ == "__main__":
+    common.main(load)

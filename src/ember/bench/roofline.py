@@ -1,0 +1,51 @@
+"""The physical limit: GEMM peak of this CPU (torch matmul) and the model's FLOPs per token."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+# Shapes of the model's own GEMMs (tokens x hidden x intermediate) plus a square one.
+_GEMM_SHAPES = ((4096, 384, 1536), (4096, 1536, 384), (4096, 384, 1152), (2048, 2048, 2048))
+
+
+def gemm_peak_gflops(dtype: torch.dtype, *, seconds: float = 0.4) -> float:
+    """Best GFLOP/s of torch.matmul over a few shapes, on the current intra-op threads."""
+    best = 0.0
+    for m, k, n in _GEMM_SHAPES:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        torch.matmul(a, b)  # first call: oneDNN/MKL kernel selection, untimed
+        calls, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or calls < 2:
+            torch.matmul(a, b)
+            calls += 1
+        best = max(best, 2.0 * m * k * n * calls / elapsed / 1e9)
+    return best
+
+
+def flops_per_token(model_folder: str, mean_len: float) -> float:
+    """Encoder FLOPs per token: the linear layers plus attention scores and values at mean_len."""
+    cfg = json.loads((Path(model_folder) / "config.json").read_text())
+    hidden, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    linear = 2 * (4 * hidden * hidden + 2 * hidden * inter)  # QKV + output, FFN up + down
+    attention = 4 * hidden * mean_len  # QK^T and PV, for one query row
+    return float(layers * (linear + attention))
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model and the flags that decide bf16/int8 speed."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+    return {"model": model, "threads": torch.get_num_threads(),
+            "flags": [f for f in wanted if f in flags]}

@@ -1,0 +1,155 @@
+"""Throughput of Ember and its peers on the same texts in one run (issue 6).
+
+Every engine runs in its own process (its own venv for peers); each reports its median time over
+`runs` passes per corpus after one untimed pass, its first-call time, peak RSS and embeddings.
+This module computes texts/s, tokens/s, ratios to the best peer and to the GEMM roofline, and
+min cosine against the fp32 sentence-transformers reference.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ember.bench import corpus, roofline
+from ember.bench.engines import ENGINES, EngineSpec, find_runners_dir, run_engine, skip_reason
+
+logger = logging.getLogger(__name__)
+REFERENCE = EngineSpec("reference", "reference: sentence-transformers fp32", "st", None, "fp32", {"dtype": "float32"})
+
+
+@dataclass(slots=True)
+class BenchConfig:
+    model: str
+    """Model folder (all engines load it by path)."""
+    engines: list[str] = field(default_factory=lambda: [e.name for e in ENGINES])
+    n_short: int = 1024
+    n_passages: int = 256
+    runs: int = 3
+    max_len: int = 256
+    out_dir: str = "bench/results"
+    task: str = "throughput"
+    latency_calls: int = 200
+
+
+def make_job(cfg: BenchConfig) -> dict[str, Any]:
+    texts = {"short": corpus.load("short", cfg.n_short)}
+    if cfg.task == "throughput":
+        texts["passages"] = corpus.load("passages", cfg.n_passages)
+    return {"task": cfg.task, "model": cfg.model, "texts": texts, "runs": cfg.runs, "max_len": cfg.max_len,
+            "out_dir": cfg.out_dir, "latency_calls": cfg.latency_calls}
+
+
+def token_counts(model: str, texts: list[str], max_len: int) -> list[int]:
+    """Tokens per text as the model sees them (special tokens included, truncated)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
+    tok.enable_truncation(max_len)
+    tok.no_padding()
+    return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    """Run every requested engine (one at a time) and return the raw report."""
+    runners = find_runners_dir()
+    if runners is None:
+        raise FileNotFoundError("bench/peers/ not found: run `ember bench` from Ember's source checkout")
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    job = make_job(cfg)
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "task": cfg.task, "model": cfg.model, "runs": cfg.runs, "cpu": roofline.cpu_description(),
+        "corpora": {name: _corpus_info(cfg, texts) for name, texts in job["texts"].items()},
+        "engines": [], "load_average_start": os.getloadavg(),
+    }
+    if cfg.task == "throughput":
+        logger.info("measuring the GEMM roofline")
+        report["gemm_peak_gflops"] = {"fp32": roofline.gemm_peak_gflops(torch.float32),
+                                      "bf16": roofline.gemm_peak_gflops(torch.bfloat16)}
+    for spec in [e for e in ENGINES if e.name in cfg.engines]:
+        entry: dict[str, Any] = {"name": spec.name, "label": spec.label, "precision": spec.precision,
+                                 "is_ember": spec.is_ember}
+        reason = skip_reason(spec)
+        if reason:
+            entry["skipped"] = reason
+        else:
+            logger.info("running %s", spec.name)
+            entry["result"] = run_engine(spec, job, runners)
+            if "error" in entry["result"]:
+                logger.warning("%s failed: %s", spec.name, entry["result"]["error"])
+        report["engines"].append(entry)
+    report["load_average_end"] = os.getloadavg()
+    if cfg.task == "throughput":
+        _add_reference(report, job, runners)
+        _add_metrics(report)
+    return report
+
+
+def _corpus_info(cfg: BenchConfig, texts: list[str]) -> dict[str, Any]:
+    counts = token_counts(cfg.model, texts, cfg.max_len)
+    return {"n": len(texts), "tokens": sum(counts), "mean_tokens": statistics.fmean(counts),
+            "fingerprint": corpus.fingerprint(texts),
+            "mean_words": statistics.fmean(len(t.split()) for t in texts)}
+
+
+def _add_reference(report: dict[str, Any], job: dict[str, Any], runners: Path) -> None:
+    """fp32 sentence-transformers embeddings: the st-fp32 peer's, else a run in this interpreter."""
+    for entry in report["engines"]:
+        if entry["name"] == "st-fp32" and "corpora" in entry.get("result", {}):
+            report["reference"] = {k: v["embeddings"] for k, v in entry["result"]["corpora"].items()}
+            return
+    logger.info("computing the fp32 sentence-transformers reference in this interpreter")
+    result = run_engine(REFERENCE, {**job, "runs": 1}, runners)
+    if "corpora" in result:
+        report["reference"] = {k: v["embeddings"] for k, v in result["corpora"].items()}
+
+
+def min_cosine(ours: np.ndarray, ref: np.ndarray) -> float:
+    a = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    b = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def _add_metrics(report: dict[str, Any]) -> None:
+    """texts/s, tokens/s, roofline share and min cosine per engine and corpus; then peer ratios."""
+    peak = report["gemm_peak_gflops"]
+    for name, info in report["corpora"].items():
+        flops = roofline.flops_per_token(report["model"], info["mean_tokens"])
+        info["flops_per_token"] = flops
+        ref = np.load(report["reference"][name]) if "reference" in report else None
+        for entry in report["engines"]:
+            run = entry.get("result", {}).get("corpora", {}).get(name)
+            if run is None:
+                continue
+            tokens_s = info["tokens"] / run["median_s"]
+            run.update(texts_s=info["n"] / run["median_s"], tokens_s=tokens_s,
+                       roofline_fp32=tokens_s * flops / (peak["fp32"] * 1e9),
+                       roofline_bf16=tokens_s * flops / (peak["bf16"] * 1e9),
+                       roofline_best=tokens_s * flops / (max(peak.values()) * 1e9))
+            if ref is not None:
+                run["min_cosine"] = min_cosine(np.load(run["embeddings"]), ref)
+        _add_peer_ratios(report, name)
+
+
+def _add_peer_ratios(report: dict[str, Any], corpus_name: str) -> None:
+    runs = [(e, e["result"]["corpora"][corpus_name]) for e in report["engines"]
+            if corpus_name in e.get("result", {}).get("corpora", {})]
+    peers = [(e, r) for e, r in runs if not e["is_ember"]]
+    if not peers:
+        return
+    best_entry, best = max(peers, key=lambda er: er[1]["texts_s"])
+    report["corpora"][corpus_name]["best_peer"] = best_entry["name"]
+    for entry, run in runs:
+        run["vs_best_peer"] = run["texts_s"] / best["texts_s"]
+        same = [r["texts_s"] for e, r in peers if e["precision"] == entry["precision"]]
+        if same:
+            run["vs_best_same_precision_peer"] = run["texts_s"] / max(same)
