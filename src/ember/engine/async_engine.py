@@ -37,6 +37,10 @@ class NotReadyError(EmberError):
     """The engine is still starting (compiling, warming up); retry later."""
 
 
+class ClientGoneError(EmberError):
+    """The caller went away before its result was ready; its queued prompts were dropped."""
+
+
 @dataclass(slots=True)
 class StepStats:
     """What one engine step did, handed to the `on_step` observer (metrics)."""
@@ -187,7 +191,7 @@ class AsyncEngine:
                 group.is_cancelled = True
             watcher.cancel()
         if group.is_cancelled:
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientGoneError("the client disconnected before its result was ready")
         return group.future.result()
 
     def _ready_engine(self) -> Engine:

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ember.engine.async_engine import NotReadyError
+from ember.engine.async_engine import ClientGoneError, NotReadyError
 from ember.entrypoints.server.protocol import JSONBody
 from ember.errors import (
     EmberError,
@@ -60,6 +60,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     BodyTooLargeError: ErrorKind(413, "invalid_request_error", "request_too_large"),
     InvalidRequestError: ErrorKind(400, "invalid_request_error", "invalid_value"),
     RequestValidationError: ErrorKind(400, "invalid_request_error", "invalid_value"),
+    ClientGoneError: ErrorKind(499, "invalid_request_error", "client_closed_request"),  # nginx's code; nobody reads it
     OverloadedError: ErrorKind(503, "overloaded_error", "overloaded", retry_after_s=1),
     NotReadyError: ErrorKind(503, "service_unavailable_error", "not_ready", retry_after_s=5),
     UnsupportedModelError: ErrorKind(500, "server_error", "unsupported_model"),
