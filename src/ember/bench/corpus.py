@@ -46,7 +46,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 def _docstrings() -> Iterator[str]:
     """Module, class, function and method docstrings in a fixed order."""
-    seen: set[int] = set()
+    seen: set[str] = set()
     for name in MODULES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -55,9 +55,9 @@ def _docstrings() -> Iterator[str]:
             except ImportError:
                 continue
         for obj in [module, *_members(module)]:
-            doc = inspect.getdoc(obj) if not isinstance(obj, str) else obj
-            if doc and id(doc) not in seen:
-                seen.add(id(doc))
+            doc = inspect.getdoc(obj)
+            if doc and doc not in seen:
+                seen.add(doc)
                 yield doc
 
 

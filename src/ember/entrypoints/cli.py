@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--truncate", action="store_true", help="truncate over-long prompts instead of failing")
     sub.add_parser("models", help="list the installed models Ember can load by name")
     add_serve_parser(sub)
+    from ember.bench.command import add_bench_args
+
+    add_bench_args(sub.add_parser("bench", help="benchmark Ember against the installed peer engines"))
     return parser
 
 

@@ -21,6 +21,11 @@ def run(args: argparse.Namespace) -> int:
         from ember.entrypoints.serve import serve
 
         return serve(args)
+    if args.command == "bench":
+        from ember.bench.command import run_bench
+
+        print(run_bench(args))
+        return 0
     raise AssertionError(args.command)
 
 
