@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_models import build_tiny_bert, build_tiny_xlm_roberta
+from tests.tiny_models import build_tiny_bert, build_tiny_llama, build_tiny_qwen3, build_tiny_xlm_roberta
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,6 +32,21 @@ def tiny_xlmr(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_xlmr_mean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_xlm_roberta(tmp_path_factory.mktemp("tiny-xlmr-mean"), pooling="MEAN", normalize=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_embedder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3-embed"), embedder=True)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ def write_st_modules(folder: Path, hidden: int, pooling: str, normalize: bool, m
         "pooling_mode_cls_token": pooling == "CLS",
         "pooling_mode_mean_tokens": pooling == "MEAN",
         "pooling_mode_max_tokens": pooling == "MAX",
+        "pooling_mode_lasttoken": pooling == "LAST",
         "pooling_mode_mean_sqrt_len_tokens": False,
     })
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
@@ -101,4 +102,74 @@ def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: boo
     torch.manual_seed(0)
     XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder, safe_serialization=True)
     write_st_modules(folder, 32, pooling, normalize, max_seq_length)
+    return folder
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_bpe_tokenizer(folder: Path, *, bos: str | None, vocab_size: int = 320) -> dict[str, int]:
+    """A real byte-level BPE tokenizer.json trained on WORDS, with ChatML specials and a chat
+    template in tokenizer_config.json; returns the special tokens' ids."""
+    from tokenizers import models, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + ([bos] if bos else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(0, len(WORDS), 7)]
+    tok.train_from_iterator(corpus, trainer)
+    ids = {s: tok.token_to_id(s) for s in specials}
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1",
+                                                           special_tokens=[(bos, ids[bos])])
+    tok.save(str(folder / "tokenizer.json"))
+    write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 256, "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>", "bos_token": bos, "chat_template": CHAT_TEMPLATE,
+    })
+    return ids
+
+
+def build_tiny_llama(folder: Path, *, tie_word_embeddings: bool = False) -> Path:
+    """Llama with GQA and llama3 RoPE scaling; 2 layers, hidden 32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = build_bpe_tokenizer(folder, bos="<s>")
+    config = LlamaConfig(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=tie_word_embeddings,
+        rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64},
+        bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).eval().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_qwen3(folder: Path, *, embedder: bool = False) -> Path:
+    """Qwen3 (q/k norms, head_dim != hidden / heads, tied embeddings). embedder=True saves the bare
+    Qwen3Model with sentence-transformers LAST-token pooling, as Qwen3-Embedding ships."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = build_bpe_tokenizer(folder, bos=None)
+    config = Qwen3Config(
+        vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=64, max_position_embeddings=256, initializer_range=0.2,
+        tie_word_embeddings=True, rope_theta=1000000.0,
+        bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(0)
+    cls = Qwen3Model if embedder else Qwen3ForCausalLM
+    cls(config).eval().save_pretrained(folder, safe_serialization=True)
+    if embedder:
+        write_st_modules(folder, 32, "LAST", True, 128)
     return folder

@@ -16,22 +16,40 @@ _ENCODERS: dict[str, tuple[str, str]] = {
     "RobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaModel": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
+    # Decoders without an LM head: LAST-token embedders, served by the encoder runner.
+    "LlamaModel": ("ember.model.llama", "LlamaModel"),
+    "Qwen2Model": ("ember.model.llama", "LlamaModel"),
+    "Qwen3Model": ("ember.model.llama", "LlamaModel"),
+}
+# Decoders with an LM head: generation with a KV cache (and LAST-token embeddings).
+_DECODERS: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("ember.model.llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("ember.model.llama", "LlamaForCausalLM"),
+    "Qwen3ForCausalLM": ("ember.model.llama", "LlamaForCausalLM"),
 }
 _MODEL_TYPES: dict[str, str] = {
     "bert": "BertModel",
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_ENCODERS)
+    return sorted({**_ENCODERS, **_DECODERS})
+
+
+def is_generative(architecture: str) -> bool:
+    """Whether the architecture generates text (and so runs with a KV cache)."""
+    return architecture in _DECODERS
 
 
 def resolve_architecture(hf_config: dict[str, Any]) -> str:
     """Pick the architecture name from config.json, or raise UnsupportedModelError."""
     for arch in hf_config.get("architectures") or []:
-        if arch in _ENCODERS:
+        if arch in _ENCODERS or arch in _DECODERS:
             return arch
     model_type = hf_config.get("model_type")
     if model_type in _MODEL_TYPES:
@@ -44,5 +62,5 @@ def resolve_architecture(hf_config: dict[str, Any]) -> str:
 
 
 def model_class(architecture: str) -> type:
-    module_name, class_name = _ENCODERS[architecture]
+    module_name, class_name = {**_ENCODERS, **_DECODERS}[architecture]
     return getattr(importlib.import_module(module_name), class_name)
