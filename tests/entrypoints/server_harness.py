@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import uvicorn
 
 from ember.config import EngineConfig
 from ember.engine.async_engine import AsyncEngine
 from ember.entrypoints.server.app import create_app
 from ember.entrypoints.server.state import ServerSettings
+from tests.tiny_models import WORDS
+
+DEADLINE_S = 300
+"""A failsafe against hangs in waits, not a performance assertion."""
+
+
+def make_texts(n: int, seed: int, max_words: int = 40) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, max_words))) for _ in range(n)]
+
+
+def check_error(response: httpx.Response, status: int, param: str | None) -> dict:
+    """The response has `status` and the OpenAI error body naming `param`; returns the error."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["param"] == param, error
+    return error
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

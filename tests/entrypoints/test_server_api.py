@@ -17,16 +17,10 @@ import pytest
 
 from ember import LLM, PoolingParams
 from tests.conftest import check_close
-from tests.entrypoints.server_harness import RunningServer
-from tests.tiny_models import WORDS
+from tests.entrypoints.server_harness import RunningServer, check_error, make_texts
 
 TOL = 1e-4
 MAX_BODY = 256 * 1024
-
-
-def make_texts(n: int, seed: int, max_words: int = 40) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(1, max_words))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +116,6 @@ BAD_REQUESTS = [
     ("missing input", {"model": "tiny"}, 400, "input"),
     ("unknown model", {"input": "a", "model": "gpt-4"}, 404, "model"),
 ]
-
-
-def check_error(response: httpx.Response, status: int, param: str | None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["param"] == param, error
-    return error
 
 
 @pytest.mark.parametrize(("name", "body", "status", "param"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])

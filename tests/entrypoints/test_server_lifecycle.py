@@ -13,8 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.entrypoints.server_harness import RunningServer
-from tests.entrypoints.test_server_api import check_error, make_texts
+from tests.entrypoints.server_harness import RunningServer, check_error, make_texts, wait_until
 
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -99,6 +98,7 @@ def test_metrics_after_varied_traffic(server: RunningServer) -> None:
 
     assert all(r.status_code == 200 for r in asyncio.run(run()))
     check_error(httpx.post(f"{server.url}/v1/embeddings", json={"input": ""}, headers=AUTH), 400, "input")
+    wait_until(lambda: server.engine.num_pending == 0, "the queue to drain")  # released just after the answer
     found = metrics(server)
     assert found["ember_compiles_after_ready"][0].name == "ember_compiles_after_ready_total"
     assert found["ember_compiles_after_ready"][0].value == 0

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +18,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.entrypoints.server_harness import RunningServer, free_port
-from tests.entrypoints.test_server_api import check_error, make_texts
-
-DEADLINE_S = 300  # a failsafe against hangs, not a performance assertion
-
+from tests.entrypoints.server_harness import DEADLINE_S, RunningServer, check_error, free_port, make_texts, wait_until
 
 def gauge(url: str, name: str) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
@@ -37,13 +32,6 @@ def num_served(url: str, route: str) -> float:
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
     samples = next(f.samples for f in families if f.name == "ember_requests")
     return sum(s.value for s in samples if s.name == "ember_requests_total" and s.labels["route"] == route)
-
-
-def wait_until(predicate, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 def is_healthy(url: str) -> bool:

@@ -290,15 +290,18 @@ class AsyncEngine:
                                    [start - g.submitted_at for g in groups], time.perf_counter() - start))
 
     def _fail(self, error: BaseException, *, running_only: bool) -> None:
-        """Finish unfinished in-flight requests with `error` (only the running batch, or all)."""
-        failed = [
+        """Take failed requests out of flight: the failed batch's (the engine may have finished them
+        with its error already), or, when the loop died, all of them."""
+        gone = [
             r for g in set(self._in_flight.values()) for r in g.requests
-            if not r.is_finished and (r.status is RequestStatus.RUNNING or not running_only)
+            if r.request_id in self._in_flight
+            and (r.is_finished or r.status is RequestStatus.RUNNING or not running_only)
         ]
-        for r in failed:
-            self._in_flight.pop(r.request_id, None)
-            r.finish(error=error)
-        self._release(len(failed))
+        for r in gone:
+            del self._in_flight[r.request_id]
+            if not r.is_finished:
+                r.finish(error=error)
+        self._release(len(gone))
 
     def _fail_all(self, exc: BaseException) -> None:
         """The loop died: every accepted request gets an error, none hangs."""
