@@ -26,10 +26,16 @@ FIRST_CALL_BATCH = 32
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of any child it waited for (engine processes)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0
+    """Peak resident memory of this process, plus the current RSS of live children (vLLM runs
+    its engine core in a child process)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    try:
+        import psutil
+
+        children = psutil.Process().children(recursive=True)
+        return own + sum(c.memory_info().rss for c in children) / 2**20
+    except Exception:
+        return own
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

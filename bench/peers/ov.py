@@ -64,7 +64,9 @@ def _precision(model: Any, backend: str) -> str | None:
     if backend != "openvino":
         return None
     try:
-        return str(model[0].auto_model.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+        model.encode(["compile the OpenVINO model"])
+        hint = model[0].auto_model.request.get_property("INFERENCE_PRECISION_HINT")
+        return str(getattr(hint, "get_type_name", lambda: hint)())
     except Exception:
         return None
 

@@ -22,7 +22,7 @@ class EngineSpec:
     label: str
     """What the table shows."""
     runner: str
-    """Runner script under bench/peers/ (ember_engine, st, ov, vllm)."""
+    """Runner script under bench/peers/ (ember_engine, st, ov, vllm_cpu)."""
     venv: str | None
     """Peer venv name under PEERS_DIR; None runs in this interpreter (Ember itself)."""
     precision: str
@@ -50,8 +50,8 @@ ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec("openvino", "OpenVINO, default precision hint", "ov", "ov", "auto", {"backend": "openvino"}),
     EngineSpec("openvino-f32", "OpenVINO, INFERENCE_PRECISION_HINT=f32", "ov", "ov", "fp32",
                {"backend": "openvino", "precision": "f32"}),
-    EngineSpec("vllm-bf16", "vLLM CPU 0.32 dtype=bfloat16", "vllm", "vllm", "bf16", {"dtype": "bfloat16"}),
-    EngineSpec("vllm-fp16", "vLLM CPU 0.32 default dtype (fp16)", "vllm", "vllm", "fp16", {"dtype": "auto"}),
+    EngineSpec("vllm-bf16", "vLLM CPU 0.32 dtype=bfloat16", "vllm_cpu", "vllm", "bf16", {"dtype": "bfloat16"}),
+    EngineSpec("vllm-fp16", "vLLM CPU 0.32 default dtype (fp16)", "vllm_cpu", "vllm", "fp16", {"dtype": "auto"}),
 )
 
 
