@@ -24,7 +24,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def throughput_tables(report: dict[str, Any]) -> str:
-    out = [machine_line(report), f"Date: {report['date']}; medians of {report['runs']} runs after one untimed pass.", ""]
+    out = [machine_line(report), f"Date: {report['date']}; medians of {report['runs']} runs after one untimed pass; "
+           f"Ember from {report.get('ember_source', '?')}.", ""]
     for name, info in report["corpora"].items():
         out.append(f"**{name}**: {info['n']} texts, mean {info['mean_words']:.0f} words / "
                    f"{info['mean_tokens']:.1f} tokens (truncated at 256), corpus {info['fingerprint']}, "
@@ -60,7 +61,7 @@ def _throughput_row(entry: dict[str, Any], corpus_name: str) -> str:
 
 
 def latency_table(report: dict[str, Any]) -> str:
-    out = [machine_line(report), f"Date: {report['date']}; one short text per call, "
+    out = [machine_line(report), f"Date: {report['date']}; Ember from {report.get('ember_source', '?')}; one short text per call, "
            "10 warm-up calls then the timed calls.", "",
            "| engine | p50 ms | p99 ms | mean ms | calls | peak RSS MB |", "|---|---|---|---|---|---|"]
     for entry in report["engines"]:

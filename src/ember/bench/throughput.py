@@ -69,7 +69,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task, "model": cfg.model, "runs": cfg.runs, "cpu": roofline.cpu_description(),
         "corpora": {name: _corpus_info(cfg, texts) for name, texts in job["texts"].items()},
-        "engines": [], "load_average_start": os.getloadavg(),
+        "engines": [], "load_average_start": os.getloadavg(), "ember_source": ember_source(),
     }
     if cfg.task == "throughput":
         logger.info("measuring the GEMM roofline")
@@ -92,6 +92,23 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         _add_reference(report, job, runners)
         _add_metrics(report)
     return report
+
+
+def ember_source() -> str:
+    """Where the benchmarked Ember comes from: its folder and git commit (EMBER_BENCH_COMMIT for exports)."""
+    import subprocess
+
+    import ember
+
+    folder = Path(ember.__file__).resolve().parents[2]
+    commit = os.environ.get("EMBER_BENCH_COMMIT")
+    if not commit:
+        proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "src"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+        commit = proc.stdout.strip() + (" + uncommitted changes in src/" if dirty else "")
+    return f"{folder} @ {commit or 'unknown'}"
 
 
 def _corpus_info(cfg: BenchConfig, texts: list[str]) -> dict[str, Any]:
