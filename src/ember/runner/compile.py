@@ -1,11 +1,12 @@
-"""torch.compile policy: one dynamic-shape graph, a shape plan, a disk cache, a compile counter.
+"""Compile policy shared by the runners: the shape plan, the compile counter, inductor settings.
 
-The plan: every batch is snapped to at least 2 rows and 2 columns, so that dynamo never
-specializes a dimension on the value 1, and the first (compiling) call uses distinct sizes so
-that duck sizing never ties the batch and sequence dimensions together. One graph then serves
-every (batch, seq) in [2, max_num_seqs] x [2, max_model_len]; warm-up runs the corners and a
-grid between them before ready. After ready, calls run under the "fail_on_recompile" stance:
-an unexpected guard failure is counted and served eagerly, never compiled.
+The plan: every batch is snapped to at least 2 rows and 2 columns, so that no compiled graph is
+ever specialized on a dimension of size 1, and the first (compiling) call uses distinct sizes so
+that the batch and sequence dimensions are never tied together. One graph with dynamic
+dimensions then serves every (batch, seq) in [2, max_num_seqs] x [2, max_model_len]; warm-up
+runs the corners and a grid between them before ready. The encoder's graph is built ahead of time
+(aot_package.py); runners that use torch.compile run after ready under the "fail_on_recompile"
+stance, so an unexpected guard failure is counted and served eagerly, never compiled.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class ShapePlan:
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
         """The first shape compiles; the rest exercise the corners and a grid of the plan."""
-        batches = sorted({MIN_DIM, min(8, self.max_batch), self.max_batch})
-        seqs = sorted({MIN_DIM, min(16, self.max_seq), min(64, self.max_seq), self.max_seq})
+        batches = sorted({MIN_DIM, self.max_batch})
+        seqs = sorted({MIN_DIM, min(64, self.max_seq), self.max_seq})
         first = (min(_FIRST_SHAPE[0], self.max_batch), min(_FIRST_SHAPE[1], self.max_seq))
         shapes = [first]
         for b in batches:
@@ -95,7 +96,7 @@ def inductor_settings(cache_dir: str | None) -> Iterator[None]:
     """Inductor flags for the compile, applied only while compiling (vLLM does the same)."""
     import torch._inductor.config as inductor_config
 
-    patches: dict[str, object] = {"freezing": True}
+    patches: dict[str, object] = {"freezing": False}
     if cache_dir == "":
         patches.update(fx_graph_cache=False, autotune_local_cache=False)
     old_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

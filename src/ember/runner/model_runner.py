@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,14 +14,8 @@ from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
 from ember.runner.batch import Batch
-from ember.runner.compile import (
-    CompileCounter,
-    ShapePlan,
-    compile_model,
-    default_cache_dir,
-    inductor_settings,
-    is_recompile_refusal,
-)
+from ember.runner.aot_package import load_or_compile, package_key
+from ember.runner.compile import CompileCounter, ShapePlan, default_cache_dir
 from ember.runner.device import resolve_dtype
 from ember.tokenizer import TextTokenizer
 
@@ -55,6 +49,7 @@ class ModelRunner:
         self.counter = CompileCounter()
         self._compiled = None
         self.num_fallbacks = 0
+        """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
 
     def _model_info(self) -> ModelInfo:
         mc, st, cfg = self.config.model_config, self.folder.st, self.model.config
@@ -81,24 +76,28 @@ class ModelRunner:
         )
 
     def compile(self) -> float:
-        """Wrap the model in torch.compile (lazy); the warm-up that follows compiles it."""
-        self._compiled = compile_model(self.model)
-        return 0.0
-
-    def warm_up(self) -> tuple[float, int]:
-        """Run every shape of the plan once; returns (seconds compiling, shapes warmed)."""
+        """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
+        returns the seconds spent compiling and loading."""
         cc = self.config.compile_config
         cache_dir = cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
-        compile_s = 0.0
+        files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
+        key = package_key(files, self.dtype, self.plan, self.info.architecture)
+        graph = load_or_compile(self.model, self.plan, Path(cache_dir) if cache_dir else None, key, self.pad_id)
+        self._compiled = graph.run
+        logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
+                    "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
+                    graph.compile_s, graph.load_s, f": {graph.path}" if graph.path else "")
+        return graph.compile_s + graph.load_s
+
+    def warm_up(self) -> tuple[float, int]:
+        """Run every shape of the plan once (first-call costs are paid here). Returns (seconds
+        compiling, shapes run); the encoder compiled ahead of time in compile(), so 0.0."""
         shapes = self.plan.warmup_shapes()
-        with inductor_settings(cache_dir):
-            for i, shape in enumerate(shapes):
-                rows = [[self.pad_id] * shape[1]] * shape[0]
-                start = time.perf_counter()
-                self.execute(Batch.from_token_ids(rows, shape, self.pad_id), [RowRequest("embed", None, False)] * shape[0])
-                if i == 0 and self._compiled is not None:
-                    compile_s = time.perf_counter() - start
-        return compile_s, len(shapes)
+        for shape in shapes:
+            rows = [[self.pad_id] * shape[1]] * shape[0]
+            spec = [RowRequest("embed", None, False)] * shape[0]
+            self.execute(Batch.from_token_ids(rows, shape, self.pad_id), spec)
+        return 0.0, len(shapes)
 
     def mark_ready(self) -> None:
         self.counter.is_ready = True
@@ -130,16 +129,6 @@ class ModelRunner:
     def _forward(self, batch: Batch) -> torch.Tensor:
         if self._compiled is None:
             return self.model(batch.input_ids, batch.attention_mask)
-        if not self.counter.is_ready:
-            with self.counter.watching():
-                return self._compiled(batch.input_ids, batch.attention_mask)
-        try:
-            with self.counter.watching(), torch.compiler.set_stance("fail_on_recompile"):
-                return self._compiled(batch.input_ids, batch.attention_mask)
-        except RuntimeError as exc:
-            if not is_recompile_refusal(exc):
-                raise
-            self.counter.count_refused()
-            self.num_fallbacks += 1
-            logger.error("shape %s would recompile after ready; served eagerly instead", batch.shape)
-            return self.model(batch.input_ids, batch.attention_mask)
+        # The package cannot compile; the counter still watches for any compile on this path.
+        with self.counter.watching():
+            return self._compiled(batch.input_ids, batch.attention_mask)

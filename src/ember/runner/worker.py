@@ -89,11 +89,11 @@ class Worker:
         """KV-less models compile here (unless enforce_eager), then every planned shape runs once."""
         runner = self.runner
         assert runner is not None
-        if not self.config.compile_config.enforce_eager:
-            runner.compile()
+        compile_s = 0.0 if self.config.compile_config.enforce_eager else runner.compile()
         logger.info("warming up %d shapes...", len(runner.plan.warmup_shapes()))
         start = time.perf_counter()
-        compile_s, num_shapes = runner.warm_up()
+        warm_compile_s, num_shapes = runner.warm_up()
+        compile_s += warm_compile_s
         self.report.warmup_s = time.perf_counter() - start
         self.report.num_warmed_shapes = num_shapes
         return CompilationTimes(encoder=compile_s)

@@ -1,0 +1,99 @@
+"""Ahead-of-time compiled encoder graphs: torch.export + AOTInductor, cached on disk.
+
+The encoder is exported once with dynamic (batch, seq) dimensions over the whole shape plan
+and compiled by AOTInductor (with weight freezing) into a .pt2 package. A package holds no
+Python-level compiler: calling it can never trigger a compile, so "zero compiles after ready"
+holds by construction, and a warm restart loads the package in well under a second.
+
+Packages are keyed by everything that changes the generated code or its constants: the model's
+files, dtype, shape plan, CPU features, torch and Ember versions. A corrupt or unreadable
+package is ignored with a warning and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch._inductor
+
+from ember.runner.compile import MIN_DIM, ShapePlan
+from ember.runner.device import cpu_flags
+
+logger = logging.getLogger(__name__)
+
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx512_fp16")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGraph:
+    run: Callable[..., torch.Tensor]
+    compile_s: float
+    """Seconds spent exporting and compiling (0 when loaded from the cache)."""
+    load_s: float
+    from_cache: bool
+    path: Path | None
+
+
+def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str) -> str:
+    from ember import __version__
+
+    digest = hashlib.sha256()
+    for part in (__version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, MIN_DIM,
+                 ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
+        digest.update(f"{part}\0".encode())
+    for file in sorted(model_files):
+        stat = file.stat()
+        digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def load_or_compile(
+    model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int
+) -> CompiledGraph:
+    """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored)."""
+    if cache_dir is not None:
+        path = cache_dir / f"encoder-{key}.pt2"
+        if path.is_file():
+            start = time.perf_counter()
+            try:
+                run = torch._inductor.aoti_load_package(str(path))
+                return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
+            except Exception as exc:  # any unreadable package: rebuild it
+                logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ember-aoti-") as scratch:
+        target = Path(scratch) / "encoder.pt2"
+        _export_and_compile(model, plan, target, pad_id)
+        compile_s = time.perf_counter() - start
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            final = cache_dir / f"encoder-{key}.pt2"
+            os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
+            target = final
+        load_start = time.perf_counter()
+        run = torch._inductor.aoti_load_package(str(target))
+        return CompiledGraph(run, compile_s, time.perf_counter() - load_start, False,
+                             target if cache_dir is not None else None)
+
+
+def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, pad_id: int) -> None:
+    batch = torch.export.Dim("batch", min=MIN_DIM, max=max(plan.max_batch, MIN_DIM + 1))
+    seq = torch.export.Dim("seq", min=MIN_DIM, max=max(plan.max_seq, MIN_DIM + 1))
+    # Distinct example sizes so that export never ties batch and seq together.
+    seq_max = max(plan.max_seq, MIN_DIM + 1)
+    b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
+    example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+    torch._inductor.aoti_compile_and_package(program, package_path=str(target),
+                                             inductor_configs={"freezing": True})
