@@ -26,7 +26,7 @@ from ember.engine.processor import normalize_prompts
 from ember.engine.request import Request, RequestStatus
 from ember.errors import EmberError, EngineDeadError, OverloadedError
 from ember.params import PoolingParams
-from ember.tokenizer import TextTokenizer
+from ember.tokenizer import TextTokenizer, Tokenized
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ class _Group:
         self.remaining -= 1
         if self.remaining == 0:
             self.loop.call_soon_threadsafe(_resolve, self.future, self.requests)
+
+
+def _tokenize(engine: Engine, prompts: Any, params: PoolingParams) -> list[Tokenized]:
+    """Pool thread: validation and tokenization, all of it off the event loop."""
+    return engine.processor.process(normalize_prompts(prompts), params)
 
 
 def _resolve(future: asyncio.Future, requests: list[Request]) -> None:
@@ -164,7 +169,7 @@ class AsyncEngine:
         """
         engine = self._ready_engine()
         params.verify(task, engine.info)
-        tokenized = await self.run_in_pool(engine.processor.process, normalize_prompts(prompts), params)
+        tokenized = await self.run_in_pool(_tokenize, engine, prompts, params)
         requests = engine.make_requests(tokenized, params, task)
         loop = asyncio.get_running_loop()
         group = _Group(requests, loop, loop.create_future(), remaining=len(requests))
