@@ -70,6 +70,7 @@ async def post(http: httpx.AsyncClient, texts: list[str]) -> float:
 async def first_request(url: str, texts: list[str]) -> tuple[float, float]:
     """(first request after ready, median of the next 50), one text each, sequential."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        await http.get("/health")  # open the connection: time the server's first embedding, not a TCP setup
         first = await post(http, texts[:1])
         rest = [await post(http, texts[i + 1: i + 2]) for i in range(50)]
     return first, statistics.median(rest)

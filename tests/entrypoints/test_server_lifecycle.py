@@ -48,7 +48,7 @@ def test_health_is_503_until_warm(warming: RunningServer) -> None:
     warming.wait_ready()
     assert httpx.get(f"{warming.url}/health").status_code == 200
     stats = warming.engine.stats()
-    assert stats["is_compiled"] and stats["num_warmed_shapes"] > 0 and stats["compiles_total"] >= 1
+    assert stats["is_compiled"] and stats["num_warmed_shapes"] > 0
     assert metrics(warming)["ember_ready"][0].value == 1
 
 
