@@ -114,3 +114,10 @@ def test_disk_cache_can_be_turned_off(tiny_bert, tmp_path, monkeypatch):
     llm = LLM(str(tiny_bert), compile_cache_dir="", **PLAN)
     assert llm.compilation_times.encoder > 0
     assert not list(tmp_path.rglob("*.pt2"))
+
+
+def test_too_small_memory_budget_fails_at_startup_naming_the_flag(tiny_bert):
+    from ember.errors import OutOfMemoryBudgetError
+
+    with pytest.raises(OutOfMemoryBudgetError, match=r"needs \d+ MiB.*--memory-limit is 0 MiB.*raise --memory-limit"):
+        LLM(str(tiny_bert), enforce_eager=True, memory_limit=1024)
