@@ -24,23 +24,39 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads counted once)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    seen = set()
+def core_representatives() -> list[int]:
+    """One allowed logical CPU per physical core (hyper-thread siblings counted once)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    chosen: dict[str, int] = {}
     for cpu in allowed:
         path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
         try:
             with open(path, encoding="utf-8") as f:
-                seen.add(f.read().strip())
+                chosen.setdefault(f.read().strip(), cpu)
         except OSError:
-            seen.add(str(cpu))
-    return max(1, len(seen))
+            chosen.setdefault(str(cpu), cpu)
+    return sorted(chosen.values()) or [0]
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process."""
+    return len(core_representatives())
 
 
 def init_threads(threads: int | None) -> int:
-    """Set intra-op threads (default: physical cores); returns the count used."""
+    """Set intra-op threads (default: physical cores); returns the count used.
+
+    When the default is used and the process may run on hyper-thread siblings, it is bound to one
+    logical CPU per core (where the OS allows), so that two compute threads never share a core.
+    """
     n = threads or physical_cores()
+    cores = core_representatives()
+    if threads is None and hasattr(os, "sched_setaffinity") and set(cores) != os.sched_getaffinity(0):
+        try:
+            os.sched_setaffinity(0, cores)
+            logger.info("bound to one logical cpu per core: %s", cores)
+        except OSError as exc:
+            logger.info("thread affinity not set (%s)", exc)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
