@@ -13,14 +13,15 @@ from ember.errors import (
     OverloadedError,
     UnsupportedModelError,
 )
-from ember.outputs import CompilationTimes, EmbeddingOutput, EmbeddingRequestOutput
-from ember.params import PoolingParams
+from ember.outputs import CompilationTimes, CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from ember.params import PoolingParams, SamplingParams
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
     "CompilationTimes",
+    "CompletionOutput",
     "EmberError",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
@@ -30,6 +31,8 @@ __all__ = [
     "ModelNotFoundError",
     "OverloadedError",
     "PoolingParams",
+    "RequestOutput",
+    "SamplingParams",
     "SentenceTransformer",
     "UnsupportedModelError",
 ]

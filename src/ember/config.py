@@ -60,11 +60,23 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    kv_cache_memory: int | None = None
+    """KV-cache budget in bytes (models with a KV cache). Default: kv_cache_memory_fraction of the
+    memory available after the profiling run."""
+    kv_cache_memory_fraction: float = 0.25
+    """Share of the available memory given to the KV cache when kv_cache_memory is not set."""
+    block_size: int = 16
+    """Tokens per KV-cache block."""
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     model_config: ModelConfig = field(default_factory=ModelConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
     compile_config: CompileConfig = field(default_factory=CompileConfig)
     device_config: DeviceConfig = field(default_factory=DeviceConfig)
+    cache_config: CacheConfig = field(default_factory=CacheConfig)
 
     @classmethod
     def from_kwargs(cls, model: str | None = None, **kwargs: Any) -> EngineConfig:
@@ -99,6 +111,13 @@ class EngineConfig:
         _positive("max_waiting_requests", s.max_waiting_requests)
         _positive("threads", d.threads, allow_none=True)
         _positive("memory_limit", d.memory_limit, allow_none=True)
+        _positive("kv_cache_memory", self.cache_config.kv_cache_memory, allow_none=True)
+        _positive("block_size", self.cache_config.block_size)
+        fraction = self.cache_config.kv_cache_memory_fraction
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise InvalidRequestError(
+                f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}", param="kv_cache_memory_fraction"
+            )
         if not isinstance(m.seed, int) or isinstance(m.seed, bool):
             raise InvalidRequestError(f"seed must be an integer, got {m.seed!r}", param="seed")
 
@@ -108,6 +127,7 @@ _PARTS = {
     "scheduler_config": SchedulerConfig,
     "compile_config": CompileConfig,
     "device_config": DeviceConfig,
+    "cache_config": CacheConfig,
 }
 
 

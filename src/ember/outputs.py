@@ -58,3 +58,27 @@ class ReadyReport:
     num_warmed_shapes: int = 0
     startup_s: float = 0.0
     rss_bytes: int = 0
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    """One generated continuation (vLLM names)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    """"stop" (EOS, a stop id or string), "length" (max_tokens or the context), or None while running."""
+    stop_reason: int | str | None = None
+    """The stop string or token id that ended it, when one did."""
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """The result of one prompt passed to `LLM.generate`, in the order the prompts were given."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = True

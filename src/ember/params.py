@@ -87,3 +87,87 @@ class PoolingParams:
         if t is None:
             return None
         return info.max_model_len if t == -1 else t
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """How one prompt's continuation is generated (vLLM names and defaults).
+
+    Attributes:
+        max_tokens: most tokens to generate. None: up to max_model_len.
+        temperature: 0 is greedy; higher flattens the distribution.
+        top_p: nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+        top_k: keep the k most likely tokens; 0 or -1 keeps all.
+        min_tokens: tokens to generate before EOS or stop ids may end the sequence.
+        stop: strings that end generation; the stop string is not returned.
+        stop_token_ids: token ids that end generation (besides EOS).
+        ignore_eos: keep generating past EOS.
+        seed: a private random generator for this request, so that its output does not depend
+            on what else is batched. None: the engine's generator, seeded after warm-up.
+        skip_special_tokens: drop special tokens from the returned text.
+    """
+
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_tokens: int = 0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+    skip_special_tokens: bool = True
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
+
+    def verify(self, info: ModelInfo) -> None:
+        """Raise InvalidRequestError naming the field when this request cannot run on `info`."""
+        if not info.has_kv_cache:
+            raise InvalidRequestError(f"model {info.architecture} does not generate text", param="model")
+        _number("temperature", self.temperature, 0.0, 100.0)
+        _number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        if not _is_int(self.top_k) or self.top_k < -1:
+            raise InvalidRequestError(f"top_k must be -1, 0 or a positive integer, got {self.top_k!r}", param="top_k")
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
+            raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}",
+                                      param="max_tokens")
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be >= 0, got {self.min_tokens!r}", param="min_tokens")
+        if self.seed is not None and not _is_int(self.seed):
+            raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}", param="seed")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise InvalidRequestError(f"stop must be a non-empty string or a list of them, got {self.stop!r}",
+                                      param="stop")
+        if any(not _is_int(t) for t in self.stop_token_ids or []):
+            raise InvalidRequestError(f"stop_token_ids must be integers, got {self.stop_token_ids!r}",
+                                      param="stop_token_ids")
+
+    def tokens_to_generate(self, prompt_len: int, info: ModelInfo) -> int:
+        """max_tokens for a prompt of prompt_len tokens, or InvalidRequestError when it cannot fit."""
+        room = info.max_model_len - prompt_len
+        wanted = room if self.max_tokens is None else self.max_tokens
+        if room < 1 or wanted > room:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {info.max_model_len} tokens; the prompt has "
+                f"{prompt_len} tokens and max_tokens is {wanted}: lower max_tokens or shorten the prompt",
+                param="max_tokens" if room >= 1 else "prompt",
+            )
+        return wanted
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and (low < value <= high if low_open else low <= value <= high):  # type: ignore[operator]
+        return
+    bound = "(" if low_open else "["
+    raise InvalidRequestError(f"{name} must be in {bound}{low}, {high}], got {value!r}", param=name)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from ember.config import EngineConfig
+from ember.engine.generation import GenerationEngine
 from ember.engine.processor import InputProcessor
 from ember.engine.request import Request
 from ember.engine.scheduler import Scheduler
@@ -30,6 +31,7 @@ class Engine:
         self.info = self.runner.info
         self.processor = InputProcessor(self.runner.tokenizer, self.info)
         self.scheduler = Scheduler(config.scheduler_config)
+        self.generation = GenerationEngine(self.runner, config) if self.info.has_kv_cache else None  # type: ignore[arg-type]
         self._ids = itertools.count()
         self.num_batches = 0
         self.num_requests = 0

@@ -10,8 +10,8 @@ from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine import Engine
 from ember.engine.processor import PromptsType, normalize_prompts
 from ember.errors import InvalidRequestError
-from ember.outputs import CompilationTimes, EmbeddingOutput, EmbeddingRequestOutput
-from ember.params import PoolingParams
+from ember.outputs import CompilationTimes, EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from ember.params import PoolingParams, SamplingParams
 
 
 class LLM:
@@ -76,6 +76,25 @@ class LLM:
             EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids, r.truncated)
             for r in requests
         ]
+
+    def generate(
+        self,
+        prompts: PromptsType,
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Continuations of the prompts (decoder models), in input order, batched continuously."""
+        generation = self.engine.generation
+        if generation is None:
+            raise InvalidRequestError(f"model {self.engine.info.architecture} does not generate text; use embed",
+                                      param="model")
+        prompt_list = normalize_prompts(prompts)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompt_list)
+        if len(params) != len(prompt_list):
+            raise InvalidRequestError(f"got {len(params)} sampling_params for {len(prompt_list)} prompts",
+                                      param="sampling_params")
+        return generation.generate(prompt_list, params)
 
 
 def _merge_params(params: PoolingParams | None, truncate_prompt_tokens: int | None) -> PoolingParams:

@@ -21,7 +21,12 @@ import torch
 from ember.config import EngineConfig
 from ember.errors import OutOfMemoryBudgetError
 from ember.outputs import CompilationTimes, ReadyReport
+from ember.model.loader import ModelFolder
+from ember.model.registry import is_generative
+from ember.model.sources import resolve_model_path
+from ember.runner.decoder_runner import DecoderModelRunner
 from ember.runner.device import init_threads
+from ember.runner.kv_cache import kv_cache_budget, num_blocks_for, peak_resident_bytes
 from ember.runner.memory import resident_bytes
 from ember.runner.model_runner import ModelRunner
 
@@ -31,11 +36,12 @@ logger = logging.getLogger(__name__)
 class Worker:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.runner: ModelRunner | None = None
+        self.runner: ModelRunner | DecoderModelRunner | None = None
+        self._prefill_compile_s = 0.0
         self.report = ReadyReport()
         self.is_ready = False
 
-    def start(self) -> ModelRunner:
+    def start(self) -> ModelRunner | DecoderModelRunner:
         """Run the whole lifecycle; returns the ready runner."""
         start = time.perf_counter()
         self.init_device()
@@ -63,16 +69,29 @@ class Worker:
         threads = init_threads(self.config.device_config.threads)
         logger.info("init device: cpu, %d intra-op threads", threads)
 
-    def load_model(self) -> ModelRunner:
+    def load_model(self) -> ModelRunner | DecoderModelRunner:
+        """The runner follows the model's kind: decoders with an LM head get the KV-cache runner."""
         start = time.perf_counter()
-        self.runner = ModelRunner(self.config)
+        folder = ModelFolder.read(resolve_model_path(self.config.model_config.model))
+        if is_generative(folder.architecture):
+            self.runner = DecoderModelRunner(self.config, folder)
+        else:
+            self.runner = ModelRunner(self.config)
         logger.info("loaded %s from %s in %.2f s", self.runner.info.architecture, self.runner.folder.path,
                     time.perf_counter() - start)
         return self.runner
 
     def profile_memory(self) -> None:
-        """KV-less models: measure what the weights take and check the budget. (KV models run a
-        real max-batch forward here, which compiles; see init_kv_cache.)"""
+        """KV-less models: measure what the weights take and check the budget. KV models first run
+        the prefill graph at every planned shape, the last one the maximum token batch: this
+        compiles (unless enforce_eager) and warms prefill, and its peak sizes the KV cache."""
+        runner = self.runner
+        if isinstance(runner, DecoderModelRunner):
+            logger.info("profiling run: prefill up to %d tokens per batch...", runner.plan.max_tokens)
+            start = time.perf_counter()
+            self._prefill_compile_s, num_shapes = runner.profile_run()
+            self.report.warmup_s += time.perf_counter() - start
+            self.report.num_warmed_shapes += num_shapes
         rss = resident_bytes()
         limit = self.config.device_config.memory_limit
         logger.info("memory after load: rss %.0f MiB", rss / 2**20)
@@ -83,10 +102,21 @@ class Worker:
             )
 
     def init_kv_cache(self) -> None:
-        raise NotImplementedError("KV-cache models arrive with the decoder issue")
+        """Size the KV cache from the budget left after the profiling run, then allocate it."""
+        runner = self.runner
+        assert isinstance(runner, DecoderModelRunner)
+        cc, peak = self.config.cache_config, peak_resident_bytes()
+        budget, flag = kv_cache_budget(kv_cache_memory=cc.kv_cache_memory, fraction=cc.kv_cache_memory_fraction,
+                                       memory_limit=self.config.device_config.memory_limit, peak_rss=peak)
+        num_blocks = num_blocks_for(runner.kv_spec, budget, flag, self.config.scheduler_config.max_num_seqs)
+        runner.init_kv_cache(num_blocks)
+        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB of a %.1f MiB budget); peak rss %.0f MiB",
+                    num_blocks, runner.kv_spec.block_size, num_blocks * runner.kv_spec.block_bytes / 2**20,
+                    budget / 2**20, peak / 2**20)
 
     def compile_or_warm_up(self) -> CompilationTimes:
-        """KV-less models compile here (unless enforce_eager), then every planned shape runs once."""
+        """KV-less models compile here (unless enforce_eager), then every planned shape runs once.
+        KV models compiled prefill while profiling; here they compile and warm the decode graph."""
         runner = self.runner
         assert runner is not None
         compile_s = 0.0 if self.config.compile_config.enforce_eager else runner.compile()
@@ -94,8 +124,10 @@ class Worker:
         start = time.perf_counter()
         warm_compile_s, num_shapes = runner.warm_up()
         compile_s += warm_compile_s
-        self.report.warmup_s = time.perf_counter() - start
-        self.report.num_warmed_shapes = num_shapes
+        self.report.warmup_s += time.perf_counter() - start
+        self.report.num_warmed_shapes += num_shapes
+        if runner.info.has_kv_cache:  # prefill compiled in profile_memory, decode here
+            return CompilationTimes(language_model=self._prefill_compile_s + compile_s)
         return CompilationTimes(encoder=compile_s)
 
     def reset_seed(self) -> None:

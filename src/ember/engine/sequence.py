@@ -1,0 +1,50 @@
+"""One generation request's state: its tokens, its cache blocks, and why it finished."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ember.engine.request import RequestStatus
+from ember.params import SamplingParams
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """A prompt and what has been generated for it so far."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    """max_tokens after checking the context length (never None)."""
+    generator: Any = None
+    """A private torch.Generator when the request has a seed; None: the engine's generator."""
+    output_token_ids: list[int] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    text: str = ""
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_preemptions: int = 0
+    on_update: Callable[[Sequence], None] | None = field(default=None, repr=False)
+    """Called after every new token (streaming); finished sequences call it one last time."""
+    is_cancelled: Callable[[], bool] | None = field(default=None, repr=False)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (RequestStatus.FINISHED, RequestStatus.ABORTED)
+
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+        self.status = RequestStatus.FINISHED
+        self.finish_reason, self.stop_reason = reason, stop_reason

@@ -1,0 +1,249 @@
+"""DecoderModelRunner: a Llama-family decoder with a paged KV cache; prefill, decode, LAST pooling.
+
+Two compiled graphs, each with dynamic batch dims marked on its first (compiling) call:
+- prefill(input_ids [batch, seq], last_index [batch]): compiled and warmed by profile_run(), the
+  memory-profiling step of the worker, whose last shape is the maximum token batch;
+- decode(input_ids [batch], positions [batch], kv_cache, block_tables [batch, blocks]): compiled
+  and warmed by warm_up(), after the cache exists.
+The graphs never write the cache; this runner stores the keys/values they return.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ember.config import EngineConfig, ModelInfo
+from ember.errors import InvalidRequestError
+from ember.model.loader import ModelFolder, build_model
+from ember.model.pooler import Pooler, postprocess
+from ember.model.sources import resolve_model_path
+from ember.runner.batch import Batch
+from ember.runner.compile import MIN_DIM, CompileCounter, default_cache_dir, inductor_settings, is_recompile_refusal
+from ember.runner.device import resolve_dtype
+from ember.runner.kv_cache import NULL_BLOCK, KVCacheSpec
+from ember.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_LEN = 2048
+"""Cap of the default context on CPU (the KV cache and the profiling run scale with it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecoderShapePlan:
+    """Prefill batches snap to >= 2 rows and columns; decode batches to >= 2 rows and blocks,
+    so that no dynamic dimension is ever specialized on 1. The first shape of each warm-up
+    compiles, with distinct sizes so that no two dimensions are tied together."""
+
+    max_batch: int
+    max_seq: int
+    max_tokens: int
+    max_blocks: int
+
+    def snap(self, num_seqs: int, longest: int) -> tuple[int, int]:
+        assert 1 <= num_seqs <= self.max_batch and 1 <= longest <= self.max_seq, (num_seqs, longest)
+        return max(num_seqs, MIN_DIM), max(longest, MIN_DIM)
+
+    def prefill_shapes(self) -> list[tuple[int, int]]:
+        """Compile shape, corners, then the maximum token batch (the memory-profiling forward)."""
+        first = (min(3, self.max_batch), min(11, self.max_seq))
+        rows_at_max = max(MIN_DIM, min(self.max_batch, self.max_tokens // self.max_seq))
+        corners = [(MIN_DIM, MIN_DIM), (self.max_batch, MIN_DIM), (MIN_DIM, self.max_seq)]
+        return list(dict.fromkeys([first, *corners, (rows_at_max, self.max_seq)]))
+
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """Decode shapes (rows, blocks per row) warmed by compile_or_warm_up."""
+        first = (min(3, self.max_batch), min(5, self.max_blocks))
+        rows = sorted({MIN_DIM, min(8, self.max_batch), self.max_batch})
+        blocks = sorted({MIN_DIM, self.max_blocks})
+        return list(dict.fromkeys([first, *((r, b) for r in rows for b in blocks)]))
+
+
+class DecoderModelRunner:
+    """Loads a decoder and runs prefill/decode/embedding batches. Called by the worker and engine."""
+
+    def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
+        self.config = config
+        mc, sc = config.model_config, config.scheduler_config
+        self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
+        self.dtype = resolve_dtype(mc.dtype)
+        self.model = build_model(self.folder, self.dtype)
+        cfg = self.model.config
+        self.info = self._model_info()
+        self.tokenizer = TextTokenizer(self.folder.path)
+        self.pooler = Pooler("LAST")
+        self.pad_id = cfg.pad_token_id
+        self.eos_token_ids = cfg.eos_token_ids
+        max_len = self.info.max_model_len
+        self.kv_spec = KVCacheSpec(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                                   config.cache_config.block_size, self.dtype, max_len)
+        max_tokens = max(sc.max_num_batched_tokens, max_len)
+        self.plan = DecoderShapePlan(sc.max_num_seqs, max_len, max_tokens, self.kv_spec.blocks_per_seq)
+        self.counter = CompileCounter()
+        self.kv_cache: torch.Tensor | None = None
+        self._graphs: dict[str, Callable[..., Any] | None] = {"prefill": None, "decode": None}
+        self.num_fallbacks = 0
+
+    def _model_info(self) -> ModelInfo:
+        mc, cfg = self.config.model_config, self.model.config
+        max_len = mc.max_model_len or min(cfg.max_positions, DEFAULT_MAX_MODEL_LEN)
+        if max_len > cfg.max_positions:
+            raise InvalidRequestError(
+                f"max_model_len={max_len} exceeds the model's {cfg.max_positions} positions", param="max_model_len"
+            )
+        pooler = dict(mc.pooler_config or {})
+        return ModelInfo(
+            architecture=self.folder.architecture, hidden_size=cfg.hidden_size, max_model_len=max_len,
+            pooling_type="LAST", normalize=bool(pooler.get("normalize", True)), has_kv_cache=True,
+            embedding_dimension=cfg.hidden_size,
+        )
+
+    def _cache_dir(self) -> str:
+        cc = self.config.compile_config
+        return cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
+
+    @torch.inference_mode()
+    def profile_run(self) -> tuple[float, int]:
+        """Compile (unless enforce_eager) and warm the prefill graph; the last shape run is the
+        maximum token batch, so resident memory afterwards includes its peak. Returns (seconds
+        compiling, shapes run)."""
+        if not self.config.compile_config.enforce_eager:
+            self._graphs["prefill"] = torch.compile(self.model.prefill, fullgraph=True)
+        compile_s, shapes = 0.0, self.plan.prefill_shapes()
+        with inductor_settings(self._cache_dir()):
+            for i, (rows, seq) in enumerate(shapes):
+                ids = torch.full((rows, seq), self.pad_id, dtype=torch.int64)
+                last = torch.full((rows,), seq - 1, dtype=torch.int64)
+                if i == 0:
+                    _mark_dynamic(ids, 0, 1)
+                    _mark_dynamic(last, 0)
+                start = time.perf_counter()
+                self._run("prefill", ids, last)
+                if i == 0 and self._graphs["prefill"] is not None:
+                    compile_s = time.perf_counter() - start
+        return compile_s, len(shapes)
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        self.kv_cache = self.kv_spec.allocate(num_blocks)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return 0 if self.kv_cache is None else self.kv_cache.shape[2]
+
+    def compile(self) -> float:
+        """Wrap decode in torch.compile (lazy); warm_up() compiles it."""
+        self._graphs["decode"] = torch.compile(self.model.decode, fullgraph=True)
+        return 0.0
+
+    @torch.inference_mode()
+    def warm_up(self) -> tuple[float, int]:
+        """Run every decode shape once against the (empty) cache; returns (seconds compiling, shapes)."""
+        assert self.kv_cache is not None, "init_kv_cache() comes before warm_up()"
+        compile_s, shapes = 0.0, self.plan.warmup_shapes()
+        with inductor_settings(self._cache_dir()):
+            for i, (rows, blocks) in enumerate(shapes):
+                ids = torch.full((rows,), self.pad_id, dtype=torch.int64)
+                positions = torch.zeros(rows, dtype=torch.int64)
+                tables = torch.full((rows, blocks), NULL_BLOCK, dtype=torch.int64)
+                if i == 0:
+                    _mark_dynamic(ids, 0)
+                    _mark_dynamic(positions, 0)
+                    _mark_dynamic(tables, 0, 1)
+                start = time.perf_counter()
+                self._run("decode", ids, positions, self.kv_cache, tables)
+                if i == 0 and self._graphs["decode"] is not None:
+                    compile_s = time.perf_counter() - start
+        return compile_s, len(shapes)
+
+    def mark_ready(self) -> None:
+        self.counter.is_ready = True
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[Sequence[int]], block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Run fresh prompts, store their keys/values in their blocks; returns last-token logits [n, vocab]."""
+        n = len(prompts)
+        shape = self.plan.snap(n, max(map(len, prompts)))
+        batch = Batch.from_token_ids(prompts, shape, self.pad_id)
+        last = torch.zeros(shape[0], dtype=torch.int64)
+        last[:n] = torch.tensor([len(p) - 1 for p in prompts])
+        logits, _, kv = self._run("prefill", batch.input_ids, last)  # kv [layers, 2, batch, seq, kv_heads, dim]
+        rows = np.concatenate([np.full(len(p), i) for i, p in enumerate(prompts)])
+        positions = np.concatenate([np.arange(len(p)) for p in prompts])
+        self._store(kv[:, :, torch.from_numpy(rows), torch.from_numpy(positions)], block_tables, rows, positions)
+        return logits[:n]
+
+    @torch.inference_mode()
+    def decode(self, token_ids: Sequence[int], positions: Sequence[int],
+               block_tables: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One token per sequence at `positions`; stores its keys/values; returns logits [n, vocab]."""
+        n = len(token_ids)
+        rows = max(n, MIN_DIM)
+        blocks = max(MIN_DIM, max(map(len, block_tables)))
+        ids = torch.full((rows,), self.pad_id, dtype=torch.int64)
+        ids[:n] = torch.tensor(token_ids)
+        pos = torch.zeros(rows, dtype=torch.int64)
+        pos[:n] = torch.tensor(positions)
+        tables = torch.full((rows, blocks), NULL_BLOCK, dtype=torch.int64)
+        for i, table in enumerate(block_tables):
+            tables[i, : len(table)] = torch.tensor(table)
+        logits, kv = self._run("decode", ids, pos, self.kv_cache, tables)  # kv [layers, 2, batch, kv_heads, dim]
+        self._store(kv[:, :, :n], block_tables, np.arange(n), np.asarray(positions))
+        return logits[:n]
+
+    def _store(self, kv: torch.Tensor, block_tables: Sequence[Sequence[int]], rows: np.ndarray,
+               positions: np.ndarray) -> None:
+        """Write kv [layers, 2, tokens, kv_heads, dim] at (row, position) slots of the paged cache."""
+        assert self.kv_cache is not None
+        size = self.kv_spec.block_size
+        slots = [block_tables[r][p // size] * size + p % size for r, p in zip(rows.tolist(), positions.tolist())]
+        flat = self.kv_cache.view(*self.kv_cache.shape[:2], -1, *self.kv_cache.shape[4:])
+        flat.index_copy_(2, torch.tensor(slots, dtype=torch.int64), kv.to(self.kv_cache.dtype))
+
+    @torch.inference_mode()
+    def execute(self, batch: Batch, rows: Sequence[Any]) -> list[torch.Tensor]:
+        """Embedding batches (the encoder runner's contract): LAST-token vectors, postprocessed per row."""
+        n = batch.num_seqs
+        last = batch.attention_mask.sum(dim=1) - 1
+        # clone: inputs made outside inference mode carry another dispatch key, which would recompile
+        _, hidden, _ = self._run("prefill", batch.input_ids.clone(), last)  # [batch, seq, hidden]
+        out: list[torch.Tensor] = []
+        for i in range(n):
+            if rows[i].task == "token_embed":
+                vecs = hidden[i, : int(last[i]) + 1].float()
+                out.append(torch.nn.functional.normalize(vecs, dim=-1) if rows[i].normalize else vecs)
+                continue
+            pooled = postprocess(hidden[i, last[i]].float()[None], [rows[i].dimensions], [rows[i].normalize])[0]
+            out.append(pooled[: rows[i].dimensions] if rows[i].dimensions else pooled)
+        return out
+
+    def _run(self, name: str, *args: torch.Tensor) -> Any:
+        """Call the compiled graph; after ready, a call that would recompile is counted and run eagerly."""
+        compiled, eager = self._graphs[name], getattr(self.model, name)
+        if compiled is None:
+            return eager(*args)
+        if not self.counter.is_ready:
+            with self.counter.watching():
+                return compiled(*args)
+        try:
+            with self.counter.watching(), torch.compiler.set_stance("fail_on_recompile"):
+                return compiled(*args)
+        except RuntimeError as exc:
+            if not is_recompile_refusal(exc):
+                raise
+            self.counter.count_refused()
+            self.num_fallbacks += 1
+            logger.error("%s shapes %s would recompile after ready; served eagerly instead", name,
+                         [tuple(a.shape) for a in args])
+            return eager(*args)
+
+
+def _mark_dynamic(tensor: torch.Tensor, *dims: int) -> None:
+    for dim in dims:
+        torch._dynamo.mark_dynamic(tensor, dim)
