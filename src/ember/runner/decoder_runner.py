@@ -21,6 +21,7 @@ import torch
 
 from ember.config import EngineConfig, ModelInfo
 from ember.errors import InvalidRequestError
+from ember.model.gguf import find_gguf, tokenizer_folder
 from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
@@ -77,7 +78,8 @@ class DecoderModelRunner:
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
         self.info = self._model_info()
-        self.tokenizer = TextTokenizer(self.folder.path)
+        gguf_file = find_gguf(self.folder.path)
+        self.tokenizer = TextTokenizer(tokenizer_folder(gguf_file) if gguf_file else self.folder.path)
         self.pooler = Pooler("LAST")
         self.pad_id = cfg.pad_token_id
         self.eos_token_ids = cfg.eos_token_ids
