@@ -11,6 +11,7 @@ from ember.engine.generation import GenerationEngine
 from ember.engine.processor import InputProcessor
 from ember.engine.request import Request
 from ember.engine.scheduler import Scheduler
+from ember.engine.sequence import Sequence
 from ember.errors import EngineDeadError
 from ember.params import PoolingParams
 from ember.runner.batch import Batch
@@ -51,14 +52,22 @@ class Engine:
             for tok in tokenized
         ]
 
-    def add_request(self, request: Request) -> None:
+    def add_request(self, request: Request | Sequence) -> None:
+        if isinstance(request, Sequence):
+            assert self.generation is not None, "generation requests need a decoder (checked on submit)"
+            self.generation.add(request)
+            return
         self.scheduler.add(request)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        generating = self.generation is not None and self.generation.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or generating
 
-    def step(self) -> list[Request]:
-        """Schedule one batch, run it, hand each request its output. Returns the finished ones."""
+    def step(self) -> list[Request] | list[Sequence]:
+        """Schedule one batch, run it, hand each request its output. Returns the finished ones.
+        Embedding batches go first; otherwise one generation step (prefill or decode) runs."""
+        if self.generation is not None and not self.scheduler.has_unfinished_requests():
+            return self.generation.step()
         batch_requests = self.scheduler.schedule()
         if not batch_requests:
             return []

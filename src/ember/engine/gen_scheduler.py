@@ -91,7 +91,7 @@ class GenerationScheduler:
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in (*self.waiting, *self.running) if s.is_cancelled and s.is_cancelled()]:
-            seq.status = RequestStatus.ABORTED
+            seq.status = RequestStatus.ABORTED  # nobody waits for it: no finish() call
             seq.finish_reason = "abort"
             if seq in self.waiting:
                 self.waiting.remove(seq)

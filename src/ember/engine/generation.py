@@ -10,7 +10,6 @@ import torch
 
 from ember.config import EngineConfig
 from ember.engine.gen_scheduler import GenerationScheduler
-from ember.engine.request import RequestStatus
 from ember.engine.sequence import Sequence
 from ember.errors import EngineDeadError, InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
@@ -50,7 +49,7 @@ class GenerationEngine:
                 raise InvalidRequestError(f"prompt {i} is empty", param="prompt")
             self._check_token_ids(ids, i)
             generator = None if p.seed is None else torch.Generator().manual_seed(p.seed)
-            out.append(Sequence(str(next(self._ids)), prompt if isinstance(prompt, str) else None, ids, p,
+            out.append(Sequence(f"gen-{next(self._ids)}", prompt if isinstance(prompt, str) else None, ids, p,
                                 p.tokens_to_generate(len(ids), self.info), generator))
         return out
 
@@ -77,18 +76,19 @@ class GenerationEngine:
         except Exception as exc:
             error = EngineDeadError(f"model execution failed in a {kind} step of {len(seqs)} sequences: {exc}")
             for seq in seqs:
-                seq.status = RequestStatus.ABORTED
                 self.scheduler.finish(seq)
+                seq.finish(error=error)
             raise error from exc
         tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
         finished = []
         for seq, token in zip(seqs, tokens):
             self._append(seq, token)
-            if seq.is_finished:
-                self.scheduler.finish(seq)
-                finished.append(seq)
             if seq.on_update is not None:
                 seq.on_update(seq)
+            if seq.is_finished:
+                self.scheduler.finish(seq)
+                seq.finish()
+                finished.append(seq)
         self.num_generated_tokens += len(seqs)
         return finished
 
@@ -108,14 +108,14 @@ class GenerationEngine:
         tok = self.runner.tokenizer
         seq.text = tok.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
         if can_stop and token in (p.stop_token_ids or ()):
-            seq.finish("stop", token)
+            seq.stop("stop", token)
         elif can_stop and not p.ignore_eos and token in self.runner.eos_token_ids:
-            seq.finish("stop")
+            seq.stop("stop")
         elif can_stop and (hit := _find_stop(seq.text, p.stop_strings)) is not None:
             seq.text = seq.text[: hit[0]]
-            seq.finish("stop", hit[1])
+            seq.stop("stop", hit[1])
         elif num_out >= seq.max_tokens:
-            seq.finish("length")
+            seq.stop("length")
 
     def generate(self, prompts: Seq[str | list[int]], params: Seq[SamplingParams]) -> list[RequestOutput]:
         """Blocking: queue every prompt, step until all finish, return outputs in input order."""

@@ -29,8 +29,11 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_preemptions: int = 0
+    error: BaseException | None = None
     on_update: Callable[[Sequence], None] | None = field(default=None, repr=False)
-    """Called after every new token (streaming); finished sequences call it one last time."""
+    """Called on the engine thread after every new token (streaming)."""
+    on_finish: Callable[[Sequence], None] | None = field(default=None, repr=False)
+    """Called on the engine thread once finished or failed (the engine loop's contract, as Request)."""
     is_cancelled: Callable[[], bool] | None = field(default=None, repr=False)
 
     @property
@@ -45,6 +48,17 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status in (RequestStatus.FINISHED, RequestStatus.ABORTED)
 
-    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+    def stop(self, reason: str, stop_reason: int | str | None = None) -> None:
+        """Mark why generation ended; the engine then calls finish()."""
         self.status = RequestStatus.FINISHED
         self.finish_reason, self.stop_reason = reason, stop_reason
+
+    def finish(self, output: Any = None, error: BaseException | None = None) -> None:
+        """Done (or failed with `error`): notify the owner. Same signature as Request.finish."""
+        self.error = error
+        if error is not None:
+            self.status, self.finish_reason = RequestStatus.ABORTED, "error"
+        else:
+            self.status = RequestStatus.FINISHED
+        if self.on_finish is not None:
+            self.on_finish(self)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from ember.config import EngineConfig, ModelInfo
 from ember.errors import InvalidRequestError
 from ember.model.gguf import find_gguf, tokenizer_folder
-from ember.model.loader import ModelFolder, build_model
+from ember.model.loader import ModelFolder, build_model, read_json
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
 from ember.runner.batch import Batch
@@ -79,7 +80,10 @@ class DecoderModelRunner:
         cfg = self.model.config
         self.info = self._model_info()
         gguf_file = find_gguf(self.folder.path)
-        self.tokenizer = TextTokenizer(tokenizer_folder(gguf_file) if gguf_file else self.folder.path)
+        tokenizer_dir = tokenizer_folder(gguf_file) if gguf_file else self.folder.path
+        self.tokenizer = TextTokenizer(tokenizer_dir)
+        self.tokenizer_config = _read_optional_json(tokenizer_dir / "tokenizer_config.json")
+        """chat_template, bos_token, eos_token (the chat routes render the template with them)."""
         self.pooler = Pooler("LAST")
         self.pad_id = cfg.pad_token_id
         self.eos_token_ids = cfg.eos_token_ids
@@ -244,6 +248,10 @@ class DecoderModelRunner:
             logger.error("%s shapes %s would recompile after ready; served eagerly instead", name,
                          [tuple(a.shape) for a in args])
             return eager(*args)
+
+
+def _read_optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
 
 
 def _mark_dynamic(tensor: torch.Tensor, *dims: int) -> None:

@@ -17,7 +17,7 @@ from ember.entrypoints.server import errors
 from ember.entrypoints.server.metrics import ServerMetrics
 from ember.entrypoints.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from ember.entrypoints.server.protocol import JSONBody
-from ember.entrypoints.server.routes import embeddings, health, models, pooling, tokenize
+from ember.entrypoints.server.routes import completions, embeddings, health, models, pooling, tokenize
 from ember.entrypoints.server.state import ServerSettings, ServerState
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
     app = FastAPI(title="Ember", summary="OpenAI-compatible embedding server", lifespan=lifespan,
                   default_response_class=JSONBody)
     app.state.ember = state
-    for module in (embeddings, pooling, tokenize, models, health):
+    for module in (embeddings, pooling, tokenize, models, health, completions):
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
