@@ -21,7 +21,10 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
         model = model.to(torch.bfloat16)
     if opts.get("compile"):
         # Lazy: compiles on the first calls, as a user who writes torch.compile(model) gets.
-        model[0].auto_model = torch.compile(model[0].auto_model)
+        # sentence-transformers >= 5.2 keeps the transformer in `.model` (`auto_model` is a read-only alias).
+        module = model[0]
+        attr = "auto_model" if "auto_model" in module._modules else "model"
+        setattr(module, attr, torch.compile(getattr(module, attr)))
 
     def embed(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():

@@ -22,6 +22,8 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-short", type=int, default=1024, help="short texts (5-30 words)")
     parser.add_argument("--n-passages", type=int, default=256, help="passages (100-300 words)")
     parser.add_argument("--runs", type=int, default=3, help="timed passes per corpus (median reported)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="processes per engine, round-robin (spreads load from other processes evenly)")
     parser.add_argument("--latency-calls", type=int, default=200, help="timed single-text calls (latency)")
     parser.add_argument("--out-dir", default="bench/results", help="results JSON, embeddings and the PNG chart")
 
@@ -37,7 +39,7 @@ def run_bench(args: argparse.Namespace) -> str:
     if unknown:
         raise SystemExit(f"ember bench: unknown engine(s) {', '.join(unknown)}")
     cfg = BenchConfig(model=str(resolve_model_path(args.model)), engines=engines, n_short=args.n_short,
-                      n_passages=args.n_passages, runs=args.runs, out_dir=args.out_dir, task=args.task,
+                      n_passages=args.n_passages, runs=args.runs, rounds=args.rounds, out_dir=args.out_dir, task=args.task,
                       latency_calls=args.latency_calls)
     report = run(cfg)
     stem = Path(args.out_dir) / f"{args.task}-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -47,6 +49,6 @@ def run_bench(args: argparse.Namespace) -> str:
         text = report_mod.throughput_tables(report)
         if report_mod.write_chart(report, f"{stem}.png"):
             text += f"\nChart: {stem}.png\n"
-    Path(f"{stem}.json").write_text(json.dumps(report, indent=1))
+    Path(f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     Path(f"{stem}.md").write_text(text)
     return text

@@ -24,7 +24,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def throughput_tables(report: dict[str, Any]) -> str:
-    out = [machine_line(report), f"Date: {report['date']}; medians of {report['runs']} runs after one untimed pass; "
+    out = [machine_line(report), f"Date: {report['date']}; medians of {report['runs']} runs ({report.get('rounds', 1)} rounds "
+           "of fresh processes, round-robin), each process after one untimed pass; "
            f"Ember from {report.get('ember_source', '?')}.", ""]
     for name, info in report["corpora"].items():
         out.append(f"**{name}**: {info['n']} texts, mean {info['mean_words']:.0f} words / "
@@ -32,8 +33,9 @@ def throughput_tables(report: dict[str, Any]) -> str:
                    f"{info.get('flops_per_token', 0) / 1e6:.1f} MFLOP/token; best peer: {info.get('best_peer', '-')}")
         out.append("")
         out.append("| engine | texts/s | tokens/s | vs best peer | vs best same-precision peer "
-                   "| % of GEMM peak (fp32 / bf16) | min cosine vs fp32 ST | peak RSS MB | first call (32 short) s | load s |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+                   "| % of GEMM peak (fp32 / bf16) | min cosine vs fp32 ST | peak RSS MB | first call (32 short) s | load s "
+                   "| load avg |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for entry in report["engines"]:
             out.append(_throughput_row(entry, name))
         out.append("")
@@ -49,15 +51,16 @@ def _label(entry: dict[str, Any]) -> str:
 
 def _throughput_row(entry: dict[str, Any], corpus_name: str) -> str:
     if "skipped" in entry:
-        return f"| {_label(entry)} | {entry['skipped']} |" + " |" * 8
+        return f"| {_label(entry)} | {entry['skipped']} |" + " |" * 9
     result = entry["result"]
     run = result.get("corpora", {}).get(corpus_name)
     if run is None:
-        return f"| {_label(entry)} | failed: {result.get('error', 'no result')} |" + " |" * 8
+        return f"| {_label(entry)} | failed: {result.get('error', 'no result')} |" + " |" * 9
     roof = f"{100 * run['roofline_fp32']:.0f}% / {100 * run['roofline_bf16']:.0f}%"
     return (f"| {_label(entry)} | {run['texts_s']:.1f} | {run['tokens_s']:.0f} | {_fmt(run.get('vs_best_peer'), '.2f', 'x')} "
             f"| {_fmt(run.get('vs_best_same_precision_peer'), '.2f', 'x')} | {roof} | {_fmt(run.get('min_cosine'), '.6f')} "
-            f"| {result['peak_rss_mb']:.0f} | {result['first_call_s']:.3f} | {result['load_s']:.1f} |")
+            f"| {result['peak_rss_mb']:.0f} | {result['first_call_s']:.3f} | {result['load_s']:.1f} "
+            f"| {'/'.join(f'{x:.1f}' for x in result.get('load_average', []))} |")
 
 
 def latency_table(report: dict[str, Any]) -> str:
