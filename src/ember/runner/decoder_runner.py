@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
 from ember.runner.batch import Batch
 from ember.runner.compile import MIN_DIM, CompileCounter, default_cache_dir, inductor_settings, is_recompile_refusal
+from ember.runner.decoder_plan import DecoderShapePlan
 from ember.runner.device import resolve_dtype
 from ember.runner.kv_cache import NULL_BLOCK, KVCacheSpec
 from ember.tokenizer import TextTokenizer
@@ -36,36 +36,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = 2048
 """Cap of the default context on CPU (the KV cache and the profiling run scale with it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DecoderShapePlan:
-    """Prefill batches snap to >= 2 rows and columns; decode batches to >= 2 rows and blocks,
-    so that no dynamic dimension is ever specialized on 1. The first shape of each warm-up
-    compiles, with distinct sizes so that no two dimensions are tied together."""
-
-    max_batch: int
-    max_seq: int
-    max_tokens: int
-    max_blocks: int
-
-    def snap(self, num_seqs: int, longest: int) -> tuple[int, int]:
-        assert 1 <= num_seqs <= self.max_batch and 1 <= longest <= self.max_seq, (num_seqs, longest)
-        return max(num_seqs, MIN_DIM), max(longest, MIN_DIM)
-
-    def prefill_shapes(self) -> list[tuple[int, int]]:
-        """Compile shape, corners, then the maximum token batch (the memory-profiling forward)."""
-        first = (min(3, self.max_batch), min(11, self.max_seq))
-        rows_at_max = max(MIN_DIM, min(self.max_batch, self.max_tokens // self.max_seq))
-        corners = [(MIN_DIM, MIN_DIM), (self.max_batch, MIN_DIM), (MIN_DIM, self.max_seq)]
-        return list(dict.fromkeys([first, *corners, (rows_at_max, self.max_seq)]))
-
-    def warmup_shapes(self) -> list[tuple[int, int]]:
-        """Decode shapes (rows, blocks per row) warmed by compile_or_warm_up."""
-        first = (min(3, self.max_batch), min(5, self.max_blocks))
-        rows = sorted({MIN_DIM, min(8, self.max_batch), self.max_batch})
-        blocks = sorted({MIN_DIM, self.max_blocks})
-        return list(dict.fromkeys([first, *((r, b) for r in rows for b in blocks)]))
 
 
 class DecoderModelRunner:
