@@ -54,6 +54,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
     parser.add_argument("--memory-limit", type=_positive_int, help="resident memory budget in bytes")
+    parser.add_argument("--kv-cache-memory", type=_positive_int, help="KV-cache budget in bytes (decoders)")
+    parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.25,
+                        help="share of available memory for the KV cache when --kv-cache-memory is unset")
+    parser.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV-cache block")
     parser.add_argument("--pooler-config", type=_json_object, help='JSON, e.g. \'{"pooling_type": "CLS"}\'')
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -70,6 +74,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "compile_cache_dir": args.compile_cache_dir,
         "memory_limit": args.memory_limit,
+        "kv_cache_memory": args.kv_cache_memory,
+        "kv_cache_memory_fraction": args.kv_cache_memory_fraction,
+        "block_size": args.block_size,
         "pooler_config": args.pooler_config,
     }
 
