@@ -105,4 +105,5 @@ class Engine:
             "num_requests": self.num_requests,
             "dtype": str(self.runner.dtype).removeprefix("torch."),
             "is_compiled": not self.config.compile_config.enforce_eager,
+            **(self.generation.stats() if self.generation is not None else {}),
         }

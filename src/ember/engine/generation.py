@@ -117,6 +117,16 @@ class GenerationEngine:
         elif num_out >= seq.max_tokens:
             seq.stop("length")
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "num_kv_blocks": self.blocks.num_blocks,
+            "num_free_kv_blocks": self.blocks.num_free_blocks,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_prefill_steps": self.num_prefill_steps,
+            "num_decode_steps": self.num_decode_steps,
+            "num_generated_tokens": self.num_generated_tokens,
+        }
+
     def generate(self, prompts: Seq[str | list[int]], params: Seq[SamplingParams]) -> list[RequestOutput]:
         """Blocking: queue every prompt, step until all finish, return outputs in input order."""
         seqs = self.make_sequences(prompts, params)
