@@ -194,6 +194,21 @@ def decode_attention(
     return out.reshape(batch, 1, heads * dim)
 
 
+def prefill_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One layer of a prefill: the unit the runner compiles (one small graph serves every layer)."""
+    return layer(x, cos, sin, causal_attention)
+
+
+def decode_layer(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached_k: torch.Tensor,
+                 cached_v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One layer of a decode step against this layer's gathered cache (the compiled unit)."""
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return decode_attention(q, k, v, cached_k, cached_v, mask)
+
+    return layer(x, cos, sin, attention)
+
+
 class LlamaForCausalLM(nn.Module):
     """Decoder with an LM head (tied to the embeddings when the config says so)."""
 
@@ -233,15 +248,17 @@ class LlamaForCausalLM(nn.Module):
             x, _, _ = layer(x, cos, sin, causal_attention)
         return self.norm(x)
 
-    def prefill(self, input_ids: torch.Tensor, last_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def prefill(self, input_ids: torch.Tensor, last_index: torch.Tensor,
+                layer_fn: Callable[..., tuple[torch.Tensor, ...]] = prefill_layer) -> tuple[torch.Tensor, ...]:
         """Prompts from position 0. Returns last-token logits [batch, vocab] (float32), hidden
-        states [batch, seq, hidden] and keys/values [layers, 2, batch, seq, kv_heads, dim]."""
+        states [batch, seq, hidden] and keys/values [layers, 2, batch, seq, kv_heads, dim].
+        layer_fn runs one layer (the runner passes a compiled prefill_layer)."""
         x = self.embed_tokens(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
         cos, sin = self.rope(positions, x.dtype)
         keys, values = [], []
         for layer in self.layers:
-            x, k, v = layer(x, cos, sin, causal_attention)
+            x, k, v = layer_fn(layer, x, cos, sin)
             keys.append(k)
             values.append(v)
         hidden = self.norm(x)
@@ -249,7 +266,8 @@ class LlamaForCausalLM(nn.Module):
         return self.logits(last), hidden, torch.stack([torch.stack(keys), torch.stack(values)], dim=1)
 
     def decode(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+        layer_fn: Callable[..., tuple[torch.Tensor, ...]] = decode_layer,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row at `positions` [batch]; row i's earlier tokens are in the cache blocks
         block_tables[i] (kv_cache [layers, 2, num_blocks, block_size, kv_heads, dim]).
@@ -265,11 +283,7 @@ class LlamaForCausalLM(nn.Module):
             shape = (batch, ctx, *kv_cache.shape[4:])
             cached_k = kv_cache[i, 0][block_tables].view(shape)
             cached_v = kv_cache[i, 1][block_tables].view(shape)
-
-            def attention(q, k, v, cached_k=cached_k, cached_v=cached_v):  # noqa: ANN001, ANN202
-                return decode_attention(q, k, v, cached_k, cached_v, mask)
-
-            x, k, v = layer(x, cos, sin, attention)
+            x, k, v = layer_fn(layer, x, cos, sin, cached_k, cached_v, mask)
             keys.append(k[:, 0])
             values.append(v[:, 0])
         return self.logits(self.norm(x[:, 0])), torch.stack([torch.stack(keys), torch.stack(values)], dim=1)

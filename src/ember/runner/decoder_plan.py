@@ -11,7 +11,9 @@ from ember.runner.compile import MIN_DIM
 class DecoderShapePlan:
     """Prefill batches snap to >= 2 rows and columns; decode batches to >= 2 rows and blocks,
     so that no dynamic dimension is ever specialized on 1. The first shape of each warm-up
-    compiles, with distinct sizes so that no two dimensions are tied together."""
+    compiles a static graph; the second, with every batch dimension changed to values distinct
+    from each other, compiles the dynamic one (dynamo's automatic dynamic shapes) that serves
+    the rest."""
 
     max_batch: int
     max_seq: int
@@ -24,14 +26,14 @@ class DecoderShapePlan:
 
     def prefill_shapes(self) -> list[tuple[int, int]]:
         """Compile shape, corners, then the maximum token batch (the memory-profiling forward)."""
-        first = (min(3, self.max_batch), min(11, self.max_seq))
+        first, second = (min(3, self.max_batch), min(11, self.max_seq)), (min(5, self.max_batch), min(7, self.max_seq))
         rows_at_max = max(MIN_DIM, min(self.max_batch, self.max_tokens // self.max_seq))
         corners = [(MIN_DIM, MIN_DIM), (self.max_batch, MIN_DIM), (MIN_DIM, self.max_seq)]
-        return list(dict.fromkeys([first, *corners, (rows_at_max, self.max_seq)]))
+        return list(dict.fromkeys([first, second, *corners, (rows_at_max, self.max_seq)]))
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
         """Decode shapes (rows, blocks per row) warmed by compile_or_warm_up."""
-        first = (min(3, self.max_batch), min(5, self.max_blocks))
+        first, second = (min(3, self.max_batch), min(5, self.max_blocks)), (min(5, self.max_batch), min(3, self.max_blocks))
         rows = sorted({MIN_DIM, min(8, self.max_batch), self.max_batch})
         blocks = sorted({MIN_DIM, self.max_blocks})
-        return list(dict.fromkeys([first, *((r, b) for r in rows for b in blocks)]))
+        return list(dict.fromkeys([first, second, *((r, b) for r in rows for b in blocks)]))

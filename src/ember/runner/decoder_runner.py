@@ -1,10 +1,12 @@
 """DecoderModelRunner: a Llama-family decoder with a paged KV cache; prefill, decode, LAST pooling.
 
-Two compiled graphs, each with dynamic batch dims marked on its first (compiling) call:
-- prefill(input_ids [batch, seq], last_index [batch]): compiled and warmed by profile_run(), the
-  memory-profiling step of the worker, whose last shape is the maximum token batch;
-- decode(input_ids [batch], positions [batch], kv_cache, block_tables [batch, blocks]): compiled
-  and warmed by warm_up(), after the cache exists.
+Two compiled graphs, each of ONE decoder layer (every layer shares it, so compiling costs one
+layer, not the depth of the model; embeddings, norm and LM head run eagerly around it):
+- prefill_layer, used by model.prefill(input_ids [batch, seq], last_index [batch]): compiled and
+  warmed by profile_run(), the worker's memory-profiling step, whose last shape is the maximum
+  token batch;
+- decode_layer, used by model.decode(input_ids [batch], positions [batch], kv_cache, block_tables
+  [batch, blocks]): compiled and warmed by warm_up(), after the cache exists.
 The graphs never write the cache; this runner stores the keys/values they return.
 """
 
@@ -22,6 +24,7 @@ import torch
 from ember.config import EngineConfig, ModelInfo
 from ember.errors import InvalidRequestError
 from ember.model.gguf import find_gguf, tokenizer_folder
+from ember.model.llama import decode_layer, prefill_layer
 from ember.model.loader import ModelFolder, build_model, read_json
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
@@ -91,19 +94,16 @@ class DecoderModelRunner:
         maximum token batch, so resident memory afterwards includes its peak. Returns (seconds
         compiling, shapes run)."""
         if not self.config.compile_config.enforce_eager:
-            self._graphs["prefill"] = torch.compile(self.model.prefill, fullgraph=True)
+            self._graphs["prefill"] = torch.compile(prefill_layer, fullgraph=True)
         compile_s, shapes = 0.0, self.plan.prefill_shapes()
         with inductor_settings(self._cache_dir()):
             for i, (rows, seq) in enumerate(shapes):
                 ids = torch.full((rows, seq), self.pad_id, dtype=torch.int64)
                 last = torch.full((rows,), seq - 1, dtype=torch.int64)
-                if i == 0:
-                    _mark_dynamic(ids, 0, 1)
-                    _mark_dynamic(last, 0)
                 start = time.perf_counter()
                 self._run("prefill", ids, last)
-                if i == 0 and self._graphs["prefill"] is not None:
-                    compile_s = time.perf_counter() - start
+                if i < 2 and self._graphs["prefill"] is not None:  # static, then dynamic compile
+                    compile_s += time.perf_counter() - start
         return compile_s, len(shapes)
 
     def init_kv_cache(self, num_blocks: int) -> None:
@@ -114,8 +114,8 @@ class DecoderModelRunner:
         return 0 if self.kv_cache is None else self.kv_cache.shape[2]
 
     def compile(self) -> float:
-        """Wrap decode in torch.compile (lazy); warm_up() compiles it."""
-        self._graphs["decode"] = torch.compile(self.model.decode, fullgraph=True)
+        """Wrap one decode layer in torch.compile (lazy); warm_up() compiles it."""
+        self._graphs["decode"] = torch.compile(decode_layer, fullgraph=True)
         return 0.0
 
     @torch.inference_mode()
@@ -128,14 +128,10 @@ class DecoderModelRunner:
                 ids = torch.full((rows,), self.pad_id, dtype=torch.int64)
                 positions = torch.zeros(rows, dtype=torch.int64)
                 tables = torch.full((rows, blocks), NULL_BLOCK, dtype=torch.int64)
-                if i == 0:
-                    _mark_dynamic(ids, 0)
-                    _mark_dynamic(positions, 0)
-                    _mark_dynamic(tables, 0, 1)
                 start = time.perf_counter()
                 self._run("decode", ids, positions, self.kv_cache, tables)
-                if i == 0 and self._graphs["decode"] is not None:
-                    compile_s = time.perf_counter() - start
+                if i < 2 and self._graphs["decode"] is not None:
+                    compile_s += time.perf_counter() - start
         return compile_s, len(shapes)
 
     def mark_ready(self) -> None:
@@ -200,16 +196,16 @@ class DecoderModelRunner:
         return out
 
     def _run(self, name: str, *args: torch.Tensor) -> Any:
-        """Call the compiled graph; after ready, a call that would recompile is counted and run eagerly."""
-        compiled, eager = self._graphs[name], getattr(self.model, name)
+        """Run with the compiled layer; after ready, a call that would recompile is counted and run eagerly."""
+        compiled, step = self._graphs[name], getattr(self.model, name)
         if compiled is None:
-            return eager(*args)
+            return step(*args)
         if not self.counter.is_ready:
             with self.counter.watching():
-                return compiled(*args)
+                return step(*args, layer_fn=compiled)
         try:
             with self.counter.watching(), torch.compiler.set_stance("fail_on_recompile"):
-                return compiled(*args)
+                return step(*args, layer_fn=compiled)
         except RuntimeError as exc:
             if not is_recompile_refusal(exc):
                 raise
@@ -217,13 +213,8 @@ class DecoderModelRunner:
             self.num_fallbacks += 1
             logger.error("%s shapes %s would recompile after ready; served eagerly instead", name,
                          [tuple(a.shape) for a in args])
-            return eager(*args)
+            return step(*args)
 
 
 def _read_optional_json(path: Path) -> dict[str, Any]:
     return read_json(path) if path.is_file() else {}
-
-
-def _mark_dynamic(tensor: torch.Tensor, *dims: int) -> None:
-    for dim in dims:
-        torch._dynamo.mark_dynamic(tensor, dim)
