@@ -13,7 +13,6 @@ graphs never mutate their inputs. q/k/v and gate/up are fused into one linear ea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ember.errors import UnsupportedModelError
+from ember.model.layers.norm import RMSNorm
+from ember.model.layers.rotary import rope_inv_freq, rope_parameters, rotate
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,7 +68,7 @@ class DecoderConfig:
             intermediate_size=hf["intermediate_size"],
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            rope=_rope_parameters(hf),
+            rope=rope_parameters(hf),
             attention_bias=bool(hf.get("attention_bias", model_type == "qwen2")),
             mlp_bias=bool(hf.get("mlp_bias", False)),
             qk_norm=model_type == "qwen3",
@@ -79,56 +80,6 @@ class DecoderConfig:
     @property
     def max_positions(self) -> int:
         return self.max_position_embeddings
-
-
-def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
-    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
-    if params["rope_type"] not in ("default", "linear", "llama3"):
-        raise UnsupportedModelError(
-            f"rope_type={params['rope_type']!r} is not supported; supported: default, linear, llama3"
-        )
-    return params
-
-
-def rope_inv_freq(cfg: DecoderConfig) -> torch.Tensor:
-    """[head_dim / 2] float32 inverse frequencies, with the config's scaling applied (as transformers)."""
-    p, dim = cfg.rope, cfg.head_dim
-    inv_freq = 1.0 / (p["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
-    if p["rope_type"] == "linear":
-        return inv_freq / p["factor"]
-    if p["rope_type"] == "llama3":
-        factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
-        old_len = p["original_max_position_embeddings"]
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-        return torch.where(is_medium, smoothed, scaled)
-    return inv_freq
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply RoPE (half-rotation layout). x [batch, seq, heads, dim]; cos/sin [batch, seq, 1, dim]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 class DecoderLayer(nn.Module):
@@ -222,7 +173,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         untied = self.has_lm_head and not cfg.tie_word_embeddings
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False) if untied else None
-        self.inv_freq = rope_inv_freq(cfg)  # a plain CPU tensor: never on the meta device, never cast
+        self.inv_freq = rope_inv_freq(cfg.rope, cfg.head_dim)  # a plain CPU tensor: never on the meta device, never cast
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> DecoderConfig:
