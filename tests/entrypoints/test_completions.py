@@ -96,3 +96,15 @@ def test_embeddings_from_the_same_decoder(client, offline):
     out = client.embeddings.create(model=None, input=[PROMPT])  # type: ignore[arg-type]
     expected = offline.embed([PROMPT])[0].outputs.embedding
     assert out.data[0].embedding == pytest.approx(expected, abs=1e-5)
+
+
+def test_streaming_with_a_stop_string_never_sends_the_stop(client):
+    full = client.completions.create(model=None, prompt=PROMPT, max_tokens=24, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    stop = full[8:11]
+    kwargs = dict(model=None, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop], extra_body={"ignore_eos": True})
+    plain = client.completions.create(**kwargs).choices[0]
+    streamed = list(client.completions.create(stream=True, **kwargs))
+    assert plain.text == full[: full.index(stop)] and plain.finish_reason == "stop"
+    assert "".join(c.choices[0].text for c in streamed) == plain.text
+    assert streamed[-1].choices[0].finish_reason == "stop"
