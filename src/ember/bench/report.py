@@ -32,10 +32,10 @@ def throughput_tables(report: dict[str, Any]) -> str:
                    f"{info['mean_tokens']:.1f} tokens (truncated at 256), corpus {info['fingerprint']}, "
                    f"{info.get('flops_per_token', 0) / 1e6:.1f} MFLOP/token; best peer: {info.get('best_peer', '-')}")
         out.append("")
-        out.append("| engine | texts/s | tokens/s | vs best peer | vs best same-precision peer "
+        out.append("| engine | texts/s | best run texts/s | tokens/s | vs best peer | vs best same-precision peer "
                    "| % of GEMM peak (fp32 / bf16) | min cosine vs fp32 ST | peak RSS MB | first call (32 short) s | load s "
                    "| load avg |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for entry in report["engines"]:
             out.append(_throughput_row(entry, name))
         out.append("")
@@ -51,13 +51,14 @@ def _label(entry: dict[str, Any]) -> str:
 
 def _throughput_row(entry: dict[str, Any], corpus_name: str) -> str:
     if "skipped" in entry:
-        return f"| {_label(entry)} | {entry['skipped']} |" + " |" * 9
+        return f"| {_label(entry)} | {entry['skipped']} |" + " |" * 10
     result = entry["result"]
     run = result.get("corpora", {}).get(corpus_name)
     if run is None:
-        return f"| {_label(entry)} | failed: {result.get('error', 'no result')} |" + " |" * 9
+        return f"| {_label(entry)} | failed: {result.get('error', 'no result')} |" + " |" * 10
     roof = f"{100 * run['roofline_fp32']:.0f}% / {100 * run['roofline_bf16']:.0f}%"
-    return (f"| {_label(entry)} | {run['texts_s']:.1f} | {run['tokens_s']:.0f} | {_fmt(run.get('vs_best_peer'), '.2f', 'x')} "
+    best = run["n"] / min(run["times_s"])
+    return (f"| {_label(entry)} | {run['texts_s']:.1f} | {best:.1f} | {run['tokens_s']:.0f} | {_fmt(run.get('vs_best_peer'), '.2f', 'x')} "
             f"| {_fmt(run.get('vs_best_same_precision_peer'), '.2f', 'x')} | {roof} | {_fmt(run.get('min_cosine'), '.6f')} "
             f"| {result['peak_rss_mb']:.0f} | {result['first_call_s']:.3f} | {result['load_s']:.1f} "
             f"| {'/'.join(f'{x:.1f}' for x in result.get('load_average', []))} |")
