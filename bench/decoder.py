@@ -1,7 +1,9 @@
 """Decoder benchmark (issue 7): Ember vs llama-cpp-python on the same SmolLM2-135M-Instruct GGUF.
 
-Measures, in one process and one run: startup to ready, first-token latency of the first request
-vs steady state (median of the next ones), prefill tokens/s and decode tokens/s at batch 1 and 8.
+Measures, in one process and one run: startup to ready (empty compile cache unless
+--compile-cache-dir), first-token latency of the first request vs steady state (median of the
+next 10), prefill tokens/s and decode tokens/s at batch 1 and 8 (medians of --reps runs; decode
+= generated tokens after the first / (time with N new tokens - time with 1)).
 llama-cpp-python's high-level API serves one sequence at a time: its "batch 8" is 8 requests in
 a row. Run one benchmark at a time:
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 
 PROMPT_WORDS = ("the quick brown fox jumps over the lazy dog while the search engine embeds every "
@@ -26,13 +29,12 @@ def prompts(n: int, words: int) -> list[str]:
 def bench_ember(args: argparse.Namespace) -> dict:
     from ember import LLM, SamplingParams
 
+    cache_dir = args.compile_cache_dir if args.compile_cache_dir is not None else tempfile.mkdtemp(prefix="ember-cc-")
     start = time.perf_counter()
     llm = LLM("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=args.dtype, max_model_len=1024,
-              max_num_batched_tokens=2048, max_num_seqs=8, enforce_eager=args.enforce_eager)
+              max_num_batched_tokens=2048, max_num_seqs=8, enforce_eager=args.enforce_eager,
+              compile_cache_dir=cache_dir)
     startup = time.perf_counter() - start
-    one = SamplingParams(temperature=0, max_tokens=1)
-    many = SamplingParams(temperature=0, max_tokens=args.decode_tokens, ignore_eos=True)
-
     def run(batch: list[str], params: SamplingParams) -> tuple[float, int, int]:
         t = time.perf_counter()
         outs = llm.generate(batch, params)
@@ -82,8 +84,10 @@ def measure(run, args: argparse.Namespace, one=None, many=None) -> dict:
     for batch in (1, 8):
         batch_prompts = prompts(batch, args.prompt_words)
         run(batch_prompts, one)  # same shapes once more, untimed
-        t_prefill, n_prompt, _ = run(batch_prompts, one)
-        t_total, _, n_out = run(batch_prompts, many)
+        prefill = [run(batch_prompts, one) for _ in range(args.reps)]
+        total = [run(batch_prompts, many) for _ in range(args.reps)]
+        t_prefill, n_prompt = statistics.median(r[0] for r in prefill), prefill[0][1]
+        t_total, n_out = statistics.median(r[0] for r in total), total[0][2]
         out[f"prefill_tok_s_b{batch}"] = n_prompt / t_prefill
         out[f"decode_tok_s_b{batch}"] = (n_out - batch) / max(t_total - t_prefill, 1e-9)
         out[f"prompt_tokens_b{batch}"] = n_prompt // batch
@@ -98,6 +102,8 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=200)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3, help="medians over this many timed runs")
+    parser.add_argument("--compile-cache-dir", help="default: a fresh empty folder (cold start)")
     args = parser.parse_args()
     results = {}
     if args.engine in ("llama-cpp", "both"):
