@@ -6,7 +6,6 @@ built on the meta device, with load_state_dict(assign=True): no second copy of t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from ember.errors import ModelNotFoundError, UnsupportedModelError
 from ember.model import gguf
 from ember.model.gguf import find_gguf
 from ember.model.registry import model_class, resolve_architecture
-from ember.model.st_modules import SentenceTransformerModules, read_st_modules
+from ember.model.st_modules import SentenceTransformerModules, read_json_object, read_st_modules
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +47,8 @@ class ModelFolder:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UnsupportedModelError(f"{path} must hold a JSON object")
-    return data
+    """A JSON object from the model folder (config.json and friends)."""
+    return read_json_object(path)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -87,21 +87,30 @@ def _pooling_type(folder: Path) -> str:
     return chosen[0] if chosen else "MEAN"
 
 
+def read_json(path: Path) -> Any:
+    """Parse a JSON file of the model folder; unreadable or invalid -> UnsupportedModelError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"cannot read {path}: {exc}") from exc
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UnsupportedModelError(f"{path} must hold a JSON object")
+    return data
+
+
 def _read_optional(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"cannot read {path}: {exc}") from exc
+    data = read_json(path)
     return data if isinstance(data, dict) else {}
 
 
 def _read_list(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"cannot read {path}: {exc}") from exc
+    data = read_json(path)
     if not isinstance(data, list):
         raise UnsupportedModelError(f"{path} must hold a JSON list of modules")
     return [m for m in data if isinstance(m, dict)]
