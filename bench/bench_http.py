@@ -7,7 +7,8 @@ Starts `ember serve` in a subprocess on a free port and waits for /health 200. T
 2. for concurrency 1, 16, 64 and 1 or 32 texts per request: texts/s and p50/p99 request latency,
    with the client sending base64 (the `openai` client's default) and decoding every vector;
 3. stops the server (SIGTERM, expects exit 0) and measures offline `LLM.embed` on the same texts.
-The client runs on the same machine as the server, so it takes CPU from it: a conservative setup.
+The client (raw asyncio HTTP/1.1, keep-alive) runs on the same machine as the server, so it takes
+CPU from it: a conservative setup.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str | None, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: str | None, port: int, extra: list[str], log: str | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ember.entrypoints.cli", "serve", *([model] if model else []),
-           "--port", str(port), "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd)
+           "--port", str(port), "--log-level", "info" if log else "warning", *extra]
+    proc = subprocess.Popen(cmd, stderr=open(log, "w") if log else None)  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
     while True:
         if proc.poll() is not None:
@@ -54,45 +55,63 @@ def start_server(model: str | None, port: int, extra: list[str]) -> subprocess.P
         time.sleep(0.1)
 
 
-async def post(http: httpx.AsyncClient, texts: list[str]) -> float:
-    """One request; returns its latency in seconds, after decoding every vector as a client would."""
-    start = time.perf_counter()
-    response = await http.post("/v1/embeddings", content=orjson.dumps({"input": texts, "encoding_format": "base64",
-                                                                        "truncate_prompt_tokens": -1}),
-                               headers={"content-type": "application/json"})
-    response.raise_for_status()
-    data = orjson.loads(response.content)["data"]
-    vectors = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
-    assert len(vectors) == len(texts)
-    return time.perf_counter() - start
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams. httpx's async pool was the bottleneck
+    at 64 connections on 2 cores (and raised sporadic ReadErrors), so it would have measured itself."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def post(self, texts: list[str]) -> float:
+        """One request; returns its latency in seconds, after decoding every vector as a client would."""
+        body = orjson.dumps({"input": texts, "encoding_format": "base64", "truncate_prompt_tokens": -1})
+        start = time.perf_counter()
+        self.writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await self.writer.drain()
+        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        payload = await self.reader.readexactly(length)
+        assert head.startswith(b"http/1.1 200"), payload[:300]
+        data = orjson.loads(payload)["data"]
+        vectors = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
+        assert len(vectors) == len(texts)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-async def first_request(url: str, texts: list[str]) -> tuple[float, float]:
-    """(first request after ready, median of the next 50), one text each, sequential."""
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        await http.get("/health")  # open the connection: time the server's first embedding, not a TCP setup
-        first = await post(http, texts[:1])
-        rest = [await post(http, texts[i + 1: i + 2]) for i in range(50)]
+async def first_request(port: int, texts: list[str]) -> tuple[float, float]:
+    """(first request after ready, median of the next 50), one text each, sequential, one connection."""
+    conn = await Connection.open(port)
+    first = await conn.post(texts[:1])
+    rest = [await conn.post(texts[i + 1: i + 2]) for i in range(50)]
+    conn.close()
     return first, statistics.median(rest)
 
 
-async def load(url: str, texts: list[str], concurrency: int, per_request: int, num_texts: int) -> dict:
-    """`concurrency` workers send requests of `per_request` texts until num_texts are embedded."""
+async def load(port: int, texts: list[str], concurrency: int, per_request: int, num_texts: int) -> dict:
+    """`concurrency` connections send requests of `per_request` texts until num_texts are embedded."""
     num_requests = max(num_texts // per_request, 4 * concurrency)
     batches = [[texts[(i * per_request + j) % len(texts)] for j in range(per_request)] for i in range(num_requests)]
+    conns = [await Connection.open(port) for _ in range(concurrency)]
+    queue = list(reversed(batches))
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        await asyncio.gather(*(post(http, batches[i]) for i in range(concurrency)))  # open the connections
-        queue = list(reversed(batches))
 
-        async def worker() -> None:
-            while queue:
-                latencies.append(await post(http, queue.pop()))
+    async def worker(conn: Connection) -> None:
+        while queue:
+            latencies.append(await conn.post(queue.pop()))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
     ms = np.array(latencies) * 1000
     return {"concurrency": concurrency, "per_request": per_request, "requests": num_requests,
             "texts_per_s": num_requests * per_request / elapsed,
@@ -130,14 +149,14 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="model (default: the packaged default)")
     parser.add_argument("--texts", type=int, default=2048, help="texts embedded per configuration")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--server-log", help="write the server's log (info level) to this file")
     args = parser.parse_args()
     texts = short_texts(args.texts)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(args.model, port, ["--enforce-eager"] if args.enforce_eager else [])
+    server = start_server(args.model, port, ["--enforce-eager"] if args.enforce_eager else [], args.server_log)
     try:
-        first = asyncio.run(first_request(url, texts))
-        rows = [asyncio.run(load(url, texts, c, b, args.texts)) for c, b in CONFIGS]
+        first = asyncio.run(first_request(port, texts))
+        rows = [asyncio.run(load(port, texts, c, b, args.texts)) for c, b in CONFIGS]
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(120)
