@@ -16,6 +16,7 @@ from ember.errors import OutOfMemoryBudgetError
 from ember.runner.decoder_runner import DecoderModelRunner
 from ember.runner.worker import Worker
 from tests.conftest import check_close
+from tests.rng import assert_states_equal, current_states, fresh_states
 
 MAX_SEQS, MAX_LEN, BLOCK = 4, 64, 16
 BLOCK_BYTES = 2 * 2 * BLOCK * 2 * 8 * 4  # k/v x layers x block x kv_heads x head_dim x fp32
@@ -36,7 +37,7 @@ def compiled(tiny_llama, cache_dir):
     random.seed(999)
     np.random.seed(999)
     llm = LLM(str(tiny_llama), seed=7, compile_cache_dir=cache_dir, kv_cache_memory=10 * BLOCK_BYTES, **KWARGS)
-    at_ready = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    at_ready = current_states()
     return llm, at_ready, torch.rand(4)
 
 
@@ -106,24 +107,10 @@ def test_mixed_traffic_after_ready_never_compiles_and_matches_eager(compiled, ea
     assert stats["eager_fallbacks"] == 0, stats
 
 
-def _fresh_states(seed: int) -> tuple:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()
-
-
-def _assert_states_equal(expected: tuple, actual: tuple) -> None:
-    assert expected[0] == actual[0], "python random state differs"
-    for a, b in zip(expected[1], actual[1]):
-        assert np.array_equal(np.asarray(a), np.asarray(b)), "numpy state differs"
-    assert torch.equal(expected[2], actual[2]), "torch state differs"
-
-
 def test_rng_state_at_ready_equals_a_freshly_seeded_one_compiled(compiled):
     _, at_ready, first_draw = compiled
-    expected = _fresh_states(7)
-    _assert_states_equal(expected, at_ready)
+    expected = fresh_states(7)
+    assert_states_equal(expected, at_ready)
     assert torch.equal(first_draw, torch.rand(4))
 
 
@@ -131,7 +118,7 @@ def test_rng_state_at_ready_equals_a_freshly_seeded_one_eager(tiny_llama):
     torch.manual_seed(999)
     random.seed(999)
     LLM(str(tiny_llama), seed=7, enforce_eager=True, **KWARGS)
-    at_ready = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    at_ready = current_states()
     first_draw = torch.rand(4)
-    _assert_states_equal(_fresh_states(7), at_ready)
+    assert_states_equal(fresh_states(7), at_ready)
     assert torch.equal(first_draw, torch.rand(4))

@@ -11,6 +11,7 @@ import torch
 
 from ember import LLM
 from tests.conftest import check_close
+from tests.rng import assert_states_equal, current_states, fresh_states
 
 MAX_SEQS, MAX_LEN = 8, 64
 
@@ -53,29 +54,15 @@ def test_compilation_times_reported(engines):
     assert compiled.stats()["num_warmed_shapes"] >= 4
 
 
-def _fresh_states(seed: int) -> tuple:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()
-
-
-def _assert_states_equal(expected: tuple, actual: tuple) -> None:
-    assert expected[0] == actual[0], "python random state differs"
-    for a, b in zip(expected[1], actual[1]):
-        assert np.array_equal(np.asarray(a), np.asarray(b)), "numpy state differs"
-    assert torch.equal(expected[2], actual[2]), "torch state differs"
-
-
 @pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
 def test_rng_state_at_ready_equals_a_freshly_seeded_one(tiny_bert, enforce_eager):
     torch.manual_seed(999)  # whatever the caller did before must not matter
     random.seed(999)
     LLM(str(tiny_bert), seed=7, enforce_eager=enforce_eager, **PLAN)
-    at_ready = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    at_ready = current_states()
     first_draw = torch.rand(4)
-    expected = _fresh_states(7)
-    _assert_states_equal(expected, at_ready)
+    expected = fresh_states(7)
+    assert_states_equal(expected, at_ready)
     assert torch.equal(first_draw, torch.rand(4))
 
 
