@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +111,6 @@ def inductor_settings(cache_dir: str | None) -> Iterator[None]:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = old_env
-
-
-def compile_model(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    return torch.compile(model, dynamic=True, fullgraph=True)
 
 
 def is_recompile_refusal(exc: BaseException) -> bool:
