@@ -2,7 +2,8 @@
 
     flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3]
 
-Per repetition, a fresh temporary folder D is both compile_cache_dir and TORCHINDUCTOR_CACHE_DIR:
+Per repetition, a fresh temporary folder D is compile_cache_dir, TORCHINDUCTOR_CACHE_DIR and
+TMPDIR (so nothing inductor keeps under /tmp, such as precompiled headers, survives: a fresh machine):
   empty cache   first start with D
   warm cache    second start, same D
   eager         LLM(enforce_eager=True), its own fresh D
@@ -33,7 +34,7 @@ print(json.dumps({"ready": ready, "engine_startup_s": stats.get("startup_s"),
 
 
 def start(cache_dir: str, *, eager: bool) -> dict[str, float]:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TMPDIR": cache_dir}
     launched = time.time()
     proc = subprocess.run([sys.executable, "-c", CHILD, cache_dir, "1" if eager else "0"],
                           capture_output=True, text=True, env=env, check=False)

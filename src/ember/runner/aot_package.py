@@ -1,13 +1,18 @@
 """Ahead-of-time compiled encoder graphs: torch.export + AOTInductor, cached on disk.
 
 The encoder is exported once with dynamic (batch, seq) dimensions over the whole shape plan
-and compiled by AOTInductor (with weight freezing) into a .pt2 package. A package holds no
-Python-level compiler: calling it can never trigger a compile, so "zero compiles after ready"
-holds by construction, and a warm restart loads the package in well under a second.
+and compiled by AOTInductor into a .pt2 package. A package holds no Python-level compiler:
+calling it can never trigger a compile, so "zero compiles after ready" holds by construction,
+and a warm restart loads the package in well under a second.
 
-Packages are keyed by everything that changes the generated code or its constants: the model's
-files, dtype, shape plan, CPU features, torch and Ember versions. A corrupt or unreadable
-package is ignored with a warning and rebuilt.
+The package holds code only, no weights: at load, the model's own parameters are handed to it
+as user-managed constants, so the weights exist once in memory and the package is a few MB.
+Leaving the weights out also keeps the compile short (no 90 MB data section to write and link),
+and so do the other compile settings in `_AOTI_SETTINGS` (measured in BENCHMARKS.md).
+
+Packages are keyed by everything that changes the generated code: the model's files, dtype,
+shape plan, CPU features, torch and Ember versions. A corrupt or unreadable package is ignored
+with a warning and rebuilt.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +34,17 @@ from ember.runner.compile import MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
 
 logger = logging.getLogger(__name__)
+
+# Startup is part of the product: each of these took seconds off a cold start on 2 cores.
+_AOTI_SETTINGS: dict[str, object] = {
+    "freezing": False,  # weights stay inputs of the graph (no measured speed difference)
+    "aot_inductor.package_constants_in_so": False,  # weights come from the model at load
+    "aot_inductor.precompile_headers": False,  # a header build pays off only over many compiles
+    "aot_inductor.compile_wrapper_opt_level": "O0",  # the wrapper only calls kernels
+    # Trust /proc/cpuinfo instead of compiling one probe per vector ISA (~7 s on a fresh
+    # machine); if the compiler then rejects the ISA, the compile is retried with the probes.
+    "cpp.vec_isa_ok": True,
+}
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx512_fp16")
 
@@ -46,7 +63,7 @@ def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, ar
     from ember import __version__
 
     digest = hashlib.sha256()
-    for part in (__version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, MIN_DIM,
+    for part in ("weights-outside", __version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, MIN_DIM,
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
     for file in sorted(model_files):
@@ -66,7 +83,7 @@ def load_or_compile(
         if path.is_file():
             start = time.perf_counter()
             try:
-                run = torch._inductor.aoti_load_package(str(path))
+                run = _load(path, model)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
             except Exception as exc:  # any unreadable package: rebuild it
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
@@ -81,7 +98,7 @@ def load_or_compile(
             os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
             target = final
         load_start = time.perf_counter()
-        run = torch._inductor.aoti_load_package(str(target))
+        run = _load(target, model)
         return CompiledGraph(run, compile_s, time.perf_counter() - load_start, False,
                              target if cache_dir is not None else None)
 
@@ -93,7 +110,61 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     seq_max = max(plan.max_seq, MIN_DIM + 1)
     b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
-    torch._inductor.aoti_compile_and_package(program, package_path=str(target),
-                                             inductor_configs={"freezing": True})
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    with inductor_config.patch(_AOTI_SETTINGS):
+        # The remaining ISA feature checks (bf16, VNNI) compile small probes: run them while
+        # export traces the model; lowering needs them next.
+        probe = threading.Thread(target=_check_isa, name="ember-isa-probe", daemon=True)
+        probe.start()
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+        probe.join()
+        try:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(target),
+                                                     inductor_configs=_AOTI_SETTINGS)
+            return
+        except Exception as exc:  # a compiler without the CPU's vector ISA: probe it as inductor does
+            logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
+    _forget_isa_checks()
+    probing = {**_AOTI_SETTINGS, "cpp.vec_isa_ok": None}
+    torch._inductor.aoti_compile_and_package(program, package_path=str(target), inductor_configs=probing)
+
+
+def _check_isa() -> None:
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    with inductor_config.patch(_AOTI_SETTINGS):  # inductor's config patches are per thread
+        cpu_vec_isa.valid_vec_isa_list()
+
+
+def _forget_isa_checks() -> None:
+    """Drop inductor's cached ISA answers so that the next compile probes the compiler."""
+    from torch._inductor import cpu_vec_isa
+
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    for isa in cpu_vec_isa.supported_vec_isa_list:
+        for method in vars(type(isa)).values():
+            if hasattr(method, "cache_clear"):
+                method.cache_clear()
+    for name in ("_VecISA__bool__impl", "__bool__impl"):
+        method = getattr(cpu_vec_isa.VecISA, name, None)
+        if hasattr(method, "cache_clear"):
+            method.cache_clear()
+
+
+def _load(path: Path, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """Load the package and hand it the model's weights (shared, not copied)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch({"cpp.vec_isa_ok": True}):  # loading probes the ISA too
+        run = torch._inductor.aoti_load_package(str(path))
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    names = run.get_constant_fqns()
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise RuntimeError(f"compiled package expects weights the model lacks: {missing[:3]}")
+    run.load_constants({name: tensors[name] for name in names}, check_full_update=True, user_managed=True)
+    return run

@@ -1,0 +1,50 @@
+"""The AOT package holds code, not weights: the model it is loaded with supplies them."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.model.loader import ModelFolder, build_model
+from ember.runner.aot_package import load_or_compile
+from ember.runner.compile import ShapePlan
+
+PLAN = ShapePlan(max_batch=4, max_seq=32, max_tokens=128)
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([[2, 10, 11, 12, 13, 3], [2, 14, 15, 3, 0, 0]])
+    mask = (ids != 0).long()
+    return ids, mask
+
+
+@torch.inference_mode()
+def test_a_cached_package_runs_with_the_weights_of_the_model_it_is_loaded_with(tiny_bert, tmp_path):
+    folder = ModelFolder.read(tiny_bert)
+    first = build_model(folder, torch.float32)
+    built = load_or_compile(first, PLAN, tmp_path, "key", pad_id=0)
+    assert not built.from_cache and built.compile_s > 0
+
+    second = build_model(folder, torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    for param in second.parameters():
+        param.mul_(1 + 0.5 * torch.rand(param.shape, generator=generator))
+    loaded = load_or_compile(second, PLAN, tmp_path, "key", pad_id=0)
+    assert loaded.from_cache
+
+    ids, mask = _inputs()
+    torch.testing.assert_close(built.run(ids, mask), first(ids, mask), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loaded.run(ids, mask), second(ids, mask), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(loaded.run(ids, mask), built.run(ids, mask), atol=1e-3)
+
+
+@torch.inference_mode()
+def test_the_package_shares_the_model_weights_instead_of_copying_them(tiny_bert, tmp_path):
+    model = build_model(ModelFolder.read(tiny_bert), torch.float32)
+    graph = load_or_compile(model, PLAN, tmp_path, "key", pad_id=0)
+    ids, mask = _inputs()
+    before = graph.run(ids, mask).clone()
+    for param in model.parameters():
+        param.mul_(0.5)  # in place: the package sees it only if it holds no copy of its own
+    after = graph.run(ids, mask)
+    torch.testing.assert_close(after, model(ids, mask), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(after, before, atol=1e-3)
