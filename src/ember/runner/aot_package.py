@@ -85,7 +85,7 @@ def load_or_compile(
             try:
                 run = _load(path, model)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
-            except Exception as exc:  # any unreadable package: rebuild it
+            except Exception as exc:  # noqa: BLE001 - any unreadable package: rebuild it
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ember-aoti-") as scratch:
@@ -111,7 +111,6 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
     import torch._inductor.config as inductor_config
-    from torch._inductor import cpu_vec_isa
 
     with inductor_config.patch(_AOTI_SETTINGS):
         # The remaining ISA feature checks (bf16, VNNI) compile small probes: run them while
@@ -125,7 +124,7 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
             torch._inductor.aoti_compile_and_package(program, package_path=str(target),
                                                      inductor_configs=_AOTI_SETTINGS)
             return
-        except Exception as exc:  # a compiler without the CPU's vector ISA: probe it as inductor does
+        except Exception as exc:  # noqa: BLE001 - a compiler without the CPU's vector ISA: probe it as inductor does
             logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
     _forget_isa_checks()
     probing = {**_AOTI_SETTINGS, "cpp.vec_isa_ok": None}
