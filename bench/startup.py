@@ -1,6 +1,7 @@
-"""Issue 4 (b): process launch to LLM() returning, each start in a fresh process.
+"""Issue 4 (b): process launch to LLM() returning, and to `ember serve`'s /health 200; each start
+in a fresh process.
 
-    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3]
+    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3] [--no-server]
 
 Per repetition, a fresh temporary folder D is compile_cache_dir, TORCHINDUCTOR_CACHE_DIR and
 TMPDIR (so nothing inductor keeps under /tmp, such as precompiled headers, survives: a fresh machine):
@@ -15,11 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 CHILD = """
 import json, sys, time
@@ -46,26 +50,54 @@ def start(cache_dir: str, *, eager: bool) -> dict[str, float]:
     return result
 
 
+def serve(cache_dir: str, *, eager: bool) -> dict[str, float]:
+    """Launch `ember serve` and poll /health every 50 ms until it answers 200."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TMPDIR": cache_dir}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "ember.entrypoints.cli", "serve", "--port", str(port), "--log-level", "warning",
+           "--compile-cache-dir", cache_dir, *(["--enforce-eager"] if eager else [])]
+    launched = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return {"launch_to_ready_s": time.time() - launched}
+            except OSError:  # not listening yet, or 503 while warming up
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"ember serve exited with {proc.returncode}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-server", action="store_true", help="skip the `ember serve` cases")
     args = parser.parse_args()
-    cases: dict[str, list[dict[str, float]]] = {"empty cache": [], "warm cache": [], "enforce_eager": []}
+    launchers = [("LLM()", start)] + ([] if args.no_server else [("serve /health", serve)])
+    cases: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.reps):
-        with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
-            cases["empty cache"].append(start(d, eager=False))
-            cases["warm cache"].append(start(d, eager=False))
-        with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
-            cases["enforce_eager"].append(start(d, eager=True))
-    print("| case | launch to LLM() returned, s (median) | all runs s | compile s | warm-up s | shapes | RSS MB |")
+        for what, launch in launchers:
+            with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
+                cases.setdefault(f"{what}: empty cache", []).append(launch(d, eager=False))
+                cases.setdefault(f"{what}: warm cache", []).append(launch(d, eager=False))
+            with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
+                cases.setdefault(f"{what}: enforce_eager", []).append(launch(d, eager=True))
+    print("| case | launch to ready, s (median) | all runs s | compile s | warm-up s | shapes | RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in cases.items():
-        def med(key: str) -> float:
-            return statistics.median(float(r.get(key) or 0) for r in runs)
+        def med(key: str, fmt: str, runs: list[dict[str, float]] = runs) -> str:
+            values = [float(r[key]) for r in runs if r.get(key) is not None]
+            return format(statistics.median(values), fmt) if values else "-"  # the server reports none
         all_runs = ", ".join(f"{r['launch_to_ready_s']:.1f}" for r in runs)
-        print(f"| {name} | {med('launch_to_ready_s'):.1f} | {all_runs} | {med('compile_s'):.1f} "
-              f"| {med('warmup_s'):.1f} | {med('shapes'):.0f} | {med('rss_mb'):.0f} |")
-
+        print(f"| {name} | {med('launch_to_ready_s', '.1f')} | {all_runs} | {med('compile_s', '.1f')} "
+              f"| {med('warmup_s', '.1f')} | {med('shapes', '.0f')} | {med('rss_mb', '.0f')} |")
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,8 @@ and a warm restart loads the package in well under a second.
 
 The package holds code only, no weights: at load, the model's own parameters are handed to it
 as user-managed constants, so the weights exist once in memory and the package is a few MB.
-Leaving the weights out also keeps the compile short (no 90 MB data section to write and link),
-and so do the other compile settings in `_AOTI_SETTINGS` (measured in BENCHMARKS.md).
+Leaving the weights out also keeps the build short (no 90 MB data section to write and link);
+aoti_build.py has the rest of what keeps it short.
 
 Packages are keyed by everything that changes the generated code: the model's files, dtype,
 shape plan, CPU features, torch and Ember versions. A corrupt or unreadable package is ignored
@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,21 +29,11 @@ from pathlib import Path
 import torch
 import torch._inductor
 
+from ember.runner.aoti_build import build_fast
 from ember.runner.compile import MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
 
 logger = logging.getLogger(__name__)
-
-# Startup is part of the product: each of these took seconds off a cold start on 2 cores.
-_AOTI_SETTINGS: dict[str, object] = {
-    "freezing": False,  # weights stay inputs of the graph (no measured speed difference)
-    "aot_inductor.package_constants_in_so": False,  # weights come from the model at load
-    "aot_inductor.precompile_headers": False,  # a header build pays off only over many compiles
-    "aot_inductor.compile_wrapper_opt_level": "O0",  # the wrapper only calls kernels
-    # Trust /proc/cpuinfo instead of compiling one probe per vector ISA (~7 s on a fresh
-    # machine); if the compiler then rejects the ISA, the compile is retried with the probes.
-    "cpp.vec_isa_ok": True,
-}
 
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx512_fp16")
 
@@ -110,48 +99,15 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     seq_max = max(plan.max_seq, MIN_DIM + 1)
     b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
-    import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(_AOTI_SETTINGS):
-        # The remaining ISA feature checks (bf16, VNNI) compile small probes: run them while
-        # export traces the model; lowering needs them next.
-        probe = threading.Thread(target=_check_isa, name="ember-isa-probe", daemon=True)
-        probe.start()
+    def export() -> torch.export.ExportedProgram:
         with torch.inference_mode(False), torch.no_grad():
-            program = torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
-        probe.join()
-        try:
-            torch._inductor.aoti_compile_and_package(program, package_path=str(target),
-                                                     inductor_configs=_AOTI_SETTINGS)
-            return
-        except Exception as exc:  # noqa: BLE001 - a compiler without the CPU's vector ISA: probe it as inductor does
-            logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
-    _forget_isa_checks()
-    probing = {**_AOTI_SETTINGS, "cpp.vec_isa_ok": None}
-    torch._inductor.aoti_compile_and_package(program, package_path=str(target), inductor_configs=probing)
+            return torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
 
+    def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
 
-def _check_isa() -> None:
-    import torch._inductor.config as inductor_config
-    from torch._inductor import cpu_vec_isa
-
-    with inductor_config.patch(_AOTI_SETTINGS):  # inductor's config patches are per thread
-        cpu_vec_isa.valid_vec_isa_list()
-
-
-def _forget_isa_checks() -> None:
-    """Drop inductor's cached ISA answers so that the next compile probes the compiler."""
-    from torch._inductor import cpu_vec_isa
-
-    cpu_vec_isa.valid_vec_isa_list.cache_clear()
-    for isa in cpu_vec_isa.supported_vec_isa_list:
-        for method in vars(type(isa)).values():
-            if hasattr(method, "cache_clear"):
-                method.cache_clear()
-    for name in ("_VecISA__bool__impl", "__bool__impl"):
-        method = getattr(cpu_vec_isa.VecISA, name, None)
-        if hasattr(method, "cache_clear"):
-            method.cache_clear()
+    build_fast(compile_package, export)
 
 
 def _load(path: Path, model: torch.nn.Module) -> Callable[..., torch.Tensor]:

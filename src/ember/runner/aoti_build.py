@@ -1,0 +1,123 @@
+"""How the AOTInductor build is kept short: a cold start on 2 cores is mostly this build.
+
+Measured on the 2-core Xeon with all-MiniLM-L6-v2, from a fresh machine (empty inductor cache
+and /tmp), process launch to LLM() ready: 36.4 s with inductor's defaults, 19.5 s with all of
+this (BENCHMARKS.md, "First call and startup"). Each piece, in the order it pays:
+
+- no precompiled headers (-7 s fresh): a header build pays off only over many compiles;
+- trust /proc/cpuinfo for the vector ISA (-5 s): inductor otherwise compiles and dlopens one
+  probe per ISA; if the compiler then rejects the ISA the build is retried with the probes;
+- the small feature probes that remain (bf16, VNNI) run beside torch.export (-1 s);
+- the wrapper is compiled at -O0 (-0.8 s; it only calls kernels, the single-text forward
+  stayed within noise) and beside the kernels' -O3 compile instead of before it (-2 s);
+- no weights inside the shared object (-1 s, and 90 MB less memory): see aot_package.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+import torch._inductor.config as inductor_config
+
+logger = logging.getLogger(__name__)
+
+AOTI_SETTINGS: dict[str, object] = {
+    "freezing": False,  # weights stay inputs of the graph (no measured speed difference)
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.precompile_headers": False,
+    "aot_inductor.compile_wrapper_opt_level": "O0",
+    "cpp.vec_isa_ok": True,
+}
+
+
+def build_fast(compile_package: Callable[[object, dict[str, object]], None], export: Callable[[], object]) -> None:
+    """Export (with the ISA probes beside it), then build with AOTI_SETTINGS; if the compiler
+    rejects the CPU's vector ISA, build again the way inductor does by default."""
+    with inductor_config.patch(AOTI_SETTINGS):
+        probe = threading.Thread(target=_check_isa, name="ember-isa-probe", daemon=True)
+        probe.start()
+        program = export()
+        probe.join()
+        try:
+            with _wrapper_compiled_beside_kernels():
+                compile_package(program, AOTI_SETTINGS)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a compiler without the CPU's vector ISA
+            logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
+    _forget_isa_checks()
+    compile_package(program, {**AOTI_SETTINGS, "cpp.vec_isa_ok": None})
+
+
+def _check_isa() -> None:
+    from torch._inductor import cpu_vec_isa
+
+    with inductor_config.patch(AOTI_SETTINGS):  # inductor's config patches are per thread
+        cpu_vec_isa.valid_vec_isa_list()
+
+
+def _forget_isa_checks() -> None:
+    """Drop inductor's cached ISA answers so that the next build probes the compiler."""
+    from torch._inductor import cpu_vec_isa
+
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    for isa in cpu_vec_isa.supported_vec_isa_list:
+        for method in vars(type(isa)).values():
+            if hasattr(method, "cache_clear"):
+                method.cache_clear()
+    method = getattr(cpu_vec_isa.VecISA, "_VecISA__bool__impl", None)
+    if hasattr(method, "cache_clear"):
+        method.cache_clear()
+
+
+@contextlib.contextmanager
+def _wrapper_compiled_beside_kernels() -> Iterator[None]:
+    """AOTI compiles the wrapper, then the kernels, then links. Start the wrapper's compile in a
+    thread and let the kernels' compile run meanwhile; the link (the next build that is not
+    compile-only) waits for it. Inductor internals, pinned by torch==2.13.0: if they are not
+    as expected, nothing is changed."""
+    from torch._inductor import cpp_builder
+
+    builder = getattr(cpp_builder, "CppBuilder", None)
+    original = getattr(builder, "build", None)
+    if original is None:
+        yield
+        return
+    pending: list[tuple[threading.Thread, list[BaseException]]] = []
+
+    def wait_for_pending() -> None:
+        while pending:
+            thread, errors = pending.pop()
+            thread.join()
+            if errors:
+                raise errors[0]
+
+    def build(self: object) -> None:
+        if not getattr(self, "_compile_only", False):
+            wait_for_pending()  # a link needs every object file
+            return original(self)
+        if not str(getattr(self, "_name", "")).endswith(".wrapper"):
+            return original(self)
+        errors: list[BaseException] = []
+
+        def compile_wrapper() -> None:
+            try:
+                original(self)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller at the link
+                errors.append(exc)
+
+        thread = threading.Thread(target=compile_wrapper, name="ember-aoti-wrapper", daemon=True)
+        thread.start()
+        pending.append((thread, errors))
+        return None
+
+    builder.build = build
+    try:
+        yield
+        wait_for_pending()
+    finally:
+        for thread, _ in pending:
+            thread.join()
+        builder.build = original
