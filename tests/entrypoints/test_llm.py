@@ -50,3 +50,13 @@ def test_stats_and_compilation_times_without_compile(llm):
     stats = llm.stats()
     assert stats["compiles_after_ready"] == 0 and stats["is_compiled"] is False
     assert llm.compilation_times.encoder == 0 and llm.compilation_times.language_model == 0
+
+
+def test_progress_bar_only_on_request(llm, capsys):
+    quiet = llm.embed(["one", "two", "three"])
+    assert "Embedding" not in capsys.readouterr().err
+    shown = llm.embed(["one", "two", "three"], use_tqdm=True)
+    err = capsys.readouterr().err
+    assert "Embedding" in err and "3/3" in err
+    np.testing.assert_array_equal(np.stack([o.outputs.data for o in quiet]),
+                                  np.stack([o.outputs.data for o in shown]))

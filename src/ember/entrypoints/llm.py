@@ -69,9 +69,14 @@ class LLM:
         requests = self.engine.make_requests(tokenized, params, pooling_task)
         for request in sorted(requests, key=lambda r: r.num_tokens):
             self.engine.add_request(request)
-        with tqdm(total=len(requests), disable=not use_tqdm, desc="Embedding", unit="prompt") as bar:
-            while self.engine.has_unfinished_requests():
-                bar.update(len(self.engine.step()))
+        # A tqdm, even disabled, costs its first call a lock, an import and a thread: only on request.
+        bar = tqdm(total=len(requests), desc="Embedding", unit="prompt") if use_tqdm else None
+        while self.engine.has_unfinished_requests():
+            finished = self.engine.step()
+            if bar is not None:
+                bar.update(len(finished))
+        if bar is not None:
+            bar.close()
         return [
             EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids, r.truncated)
             for r in requests
