@@ -30,6 +30,9 @@ import orjson
 
 from ember.bench.corpus import fingerprint, short_texts
 
+STALL_S = 120.0
+"""A request slower than this is a stall: the server's stacks are dumped (py-spy) and the run fails."""
+
 CONFIGS = [(1, 1), (16, 1), (64, 1), (1, 32), (16, 32), (64, 32)]
 
 
@@ -105,7 +108,7 @@ async def load(port: int, texts: list[str], concurrency: int, per_request: int, 
 
     async def worker(conn: Connection) -> None:
         while queue:
-            latencies.append(await conn.post(queue.pop()))
+            latencies.append(await asyncio.wait_for(conn.post(queue.pop()), STALL_S))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
@@ -132,8 +135,8 @@ def report(rows: list[dict], offline: float, first: tuple[float, float], texts: 
     lines = [
         f"corpus: short, {len(texts)} texts, fingerprint {fingerprint(texts)}; {os.cpu_count()} CPUs",
         f"offline LLM.embed: {offline:.0f} texts/s",
-        f"first request after ready: {first[0] * 1000:.1f} ms; median of the next 50: {first[1] * 1000:.1f} ms; "
-        f"ratio {first[0] / first[1]:.2f} (target <= 1.5)",
+        (f"first request after ready: {first[0] * 1000:.1f} ms; median of the next 50: {first[1] * 1000:.1f} ms; "
+         f"ratio {first[0] / first[1]:.2f} (target <= 1.5)"),
         "",
         "| concurrency | texts/request | requests | texts/s | % of offline | p50 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -156,7 +159,14 @@ def main() -> None:
     server = start_server(args.model, port, ["--enforce-eager"] if args.enforce_eager else [], args.server_log)
     try:
         first = asyncio.run(first_request(port, texts))
-        rows = [asyncio.run(load(port, texts, c, b, args.texts)) for c, b in CONFIGS]
+        rows = []
+        for c, b in CONFIGS:
+            try:
+                rows.append(asyncio.run(load(port, texts, c, b, args.texts)))
+            except TimeoutError:
+                print(f"STALL at concurrency {c} x {b} texts: a request took > {STALL_S:.0f} s; server stacks:")
+                subprocess.run(["py-spy", "dump", "--native", "--pid", str(server.pid)], check=False)
+                raise
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(120)
