@@ -48,3 +48,32 @@ def test_the_package_shares_the_model_weights_instead_of_copying_them(tiny_bert,
     after = graph.run(ids, mask)
     torch.testing.assert_close(after, model(ids, mask), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(after, before, atol=1e-3)
+
+
+def test_other_threads_run_while_the_compiled_model_runs(tiny_bert, tmp_path):
+    """The forward releases the GIL: the server's event loop must not stall behind a batch."""
+    import threading
+    import time
+
+    model = build_model(ModelFolder.read(tiny_bert), torch.float32)
+    graph = load_or_compile(model, PLAN, tmp_path, "key", pad_id=0)
+    ids = torch.full((PLAN.max_batch, PLAN.max_seq), 10)
+    mask = torch.ones_like(ids)
+    calls: list[tuple[float, float]] = []
+    ticks: list[float] = []
+
+    def forwards() -> None:
+        with torch.inference_mode():
+            for _ in range(100):
+                start = time.perf_counter()
+                graph.run(ids, mask)
+                calls.append((start, time.perf_counter()))
+
+    worker = threading.Thread(target=forwards)
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    overlapped = sum(any(start < t < end for t in ticks) for start, end in calls)
+    # Holding the GIL, a tick could only land in the few bytecodes around the C call.
+    assert overlapped >= len(calls) // 2, f"{overlapped} of {len(calls)} forwards overlapped the main thread"

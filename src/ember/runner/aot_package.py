@@ -5,8 +5,8 @@ and compiled by AOTInductor into a .pt2 package. A package holds no Python-level
 calling it can never trigger a compile, so "zero compiles after ready" holds by construction,
 and a warm restart loads the package in well under a second.
 
-The package holds code only, no weights: at load, the model's own parameters are handed to it
-as user-managed constants, so the weights exist once in memory and the package is a few MB.
+The package holds code only, no weights: at load (aoti_runner.py, which also keeps the GIL free
+while the model runs), the model's own parameters are handed to it as user-managed constants, so the weights exist once in memory and the package is a few MB.
 Leaving the weights out also keeps the build short (no 90 MB data section to write and link);
 aoti_build.py has the rest of what keeps it short.
 
@@ -30,6 +30,7 @@ import torch
 import torch._inductor
 
 from ember.runner.aoti_build import build_fast
+from ember.runner.aoti_runner import AOTIRunner
 from ember.runner.compile import MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
 
@@ -112,14 +113,4 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
 
 def _load(path: Path, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
     """Load the package and hand it the model's weights (shared, not copied)."""
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch({"cpp.vec_isa_ok": True}):  # loading probes the ISA too
-        run = torch._inductor.aoti_load_package(str(path))
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    names = run.get_constant_fqns()
-    missing = [name for name in names if name not in tensors]
-    if missing:
-        raise RuntimeError(f"compiled package expects weights the model lacks: {missing[:3]}")
-    run.load_constants({name: tensors[name] for name in names}, check_full_update=True, user_managed=True)
-    return run
+    return AOTIRunner(path, {**dict(model.named_parameters()), **dict(model.named_buffers())})
