@@ -79,6 +79,7 @@ class RunningServer:
 
     def wait_ready(self, timeout_s: float = 600) -> RunningServer:
         assert self.engine.wait_ready(timeout_s), f"engine did not start: {self.engine.startup_error}"
+        wait_until(lambda: self.app.state.ember.is_serving, "the HTTP warm-up after the engine's")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -49,7 +49,15 @@ def test_health_is_503_until_warm(warming: RunningServer) -> None:
     assert httpx.get(f"{warming.url}/health").status_code == 200
     stats = warming.engine.stats()
     assert stats["is_compiled"] and stats["num_warmed_shapes"] > 0
-    assert metrics(warming)["ember_ready"][0].value == 1
+    found = metrics(warming)
+    assert found["ember_ready"][0].value == 1
+    # Before it said ready, the server sent its own requests through the HTTP path (float and
+    # base64 embeddings, tokenize): the engine served them, the request metrics do not count them.
+    assert stats["num_requests"] >= 4
+    routes = {s.labels["route"] for s in found["ember_requests"] if s.name == "ember_requests_total"}
+    assert routes <= {"/health", "/metrics", "/v1/embeddings"}
+    assert not any(s.labels["route"] == "/v1/embeddings" and s.labels["status"] == "200"
+                   for s in found["ember_requests"] if s.name == "ember_requests_total")
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [

@@ -17,8 +17,16 @@ from ember.entrypoints.server import errors
 from ember.entrypoints.server.metrics import ServerMetrics
 from ember.entrypoints.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from ember.entrypoints.server.protocol import JSONBody
-from ember.entrypoints.server.routes import completions, embeddings, health, models, pooling, tokenize
+from ember.entrypoints.server.routes import (
+    completions,
+    embeddings,
+    health,
+    models,
+    pooling,
+    tokenize,
+)
 from ember.entrypoints.server.state import ServerSettings, ServerState
+from ember.entrypoints.server.warmup import warm_http_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +45,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
     settings = settings or ServerSettings()
     model_name = settings.served_model_name or config.model_config.served_model_name or config.model_config.model
     metrics = ServerMetrics()
-    engine = AsyncEngine(config, on_step=metrics.observe_step, on_startup_failed=on_engine_failed,
-                         on_ready=lambda: _log_ready(engine, settings, model_name))
+    engine = AsyncEngine(config, on_step=metrics.observe_step, on_startup_failed=on_engine_failed)
     metrics.watch(engine, model_name)
     state = ServerState(engine, settings, metrics, model_name,
                         frozenset({model_name, config.model_config.model}), int(time.time()))
@@ -47,7 +54,9 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("starting engine: %s", config)
         engine.start()
+        warm_up = asyncio.create_task(_warm_up_then_serve(app, state))
         yield
+        warm_up.cancel()
         logger.info("shutting down: finishing in-flight requests")
         await asyncio.to_thread(engine.shutdown, SHUTDOWN_TIMEOUT_S)
 
@@ -60,6 +69,20 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+async def _warm_up_then_serve(app: FastAPI, state: ServerState) -> None:
+    """Once the engine is warm, warm the HTTP path too; then /health says 200 and "ready" is logged."""
+    engine = state.engine
+    while not engine.is_ready:  # polled: a thread blocked on it would hold up a shutdown
+        if engine.startup_error is not None or engine.dead_error is not None:
+            return  # /health reports it
+        await asyncio.sleep(0.02)
+    start = time.perf_counter()
+    await warm_http_path(app, generative=engine.info.has_kv_cache, api_key=state.settings.api_key)
+    state.http_warm = True
+    logger.info("HTTP path warmed in %.2f s", time.perf_counter() - start)
+    _log_ready(engine, state.settings, state.model_name)
 
 
 def _log_ready(engine: AsyncEngine, settings: ServerSettings, model_name: str) -> None:

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.entrypoints.server.errors import BodyTooLargeError, error_response
 from ember.entrypoints.server.metrics import ServerMetrics
+from ember.entrypoints.server.warmup import WARMUP_SCOPE_KEY
 
 
 class MetricsMiddleware:
@@ -20,7 +21,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get(WARMUP_SCOPE_KEY):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()

@@ -41,6 +41,12 @@ class ServerState:
     accepted_names: frozenset[str]
     created: int
     """Unix time the server started (the model card's `created`)."""
+    http_warm: bool = False
+    """The HTTP path has been warmed after the engine (see warmup.py); /health waits for it."""
+
+    @property
+    def is_serving(self) -> bool:
+        return self.http_warm and self.engine.is_ready
 
 
 def get_state(request: Request) -> ServerState:

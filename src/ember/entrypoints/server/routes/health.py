@@ -16,8 +16,9 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> Response:
     """200 when the engine is compiled, warmed and serving; 503 (with Retry-After) before, or if it died."""
-    engine = get_state(request).engine
-    if engine.is_ready:
+    state = get_state(request)
+    engine = state.engine
+    if state.is_serving:
         return Response(status_code=200)
     if engine.startup_error is not None or engine.dead_error is not None:
         return error_response(NotReadyError(f"the engine is not running: {engine.startup_error or engine.dead_error}"))
