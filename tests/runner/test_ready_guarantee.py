@@ -76,6 +76,15 @@ def test_readiness_is_logged_after_warm_up(tiny_bert, caplog):
     assert "compile: encoder" in messages[ready] and "shapes" in messages[ready]
 
 
+def test_startup_objects_are_frozen_out_of_the_garbage_collector(tiny_bert):
+    import gc
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    LLM(str(tiny_bert), enforce_eager=True, **PLAN)
+    assert gc.get_freeze_count() > 0
+
+
 def test_compile_cache_warm_restart_and_corrupt_entries(tiny_bert, tmp_path, caplog):
     cache = tmp_path / "cache"
     first = LLM(str(tiny_bert), compile_cache_dir=str(cache), **PLAN)
