@@ -31,7 +31,7 @@ class Engine:
         self.runner = self.worker.start()
         self.info = self.runner.info
         self.processor = InputProcessor(self.runner.tokenizer, self.info)
-        self.scheduler = Scheduler(config.scheduler_config)
+        self.scheduler = Scheduler(config.scheduler_config, self.runner.plan.max_tokens)
         self.generation = GenerationEngine(self.runner, config) if self.info.has_kv_cache else None  # type: ignore[arg-type]
         self._ids = itertools.count()
         self.num_batches = 0

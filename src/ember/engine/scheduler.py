@@ -16,9 +16,10 @@ class Scheduler:
     (rows x longest row) stays within max_num_batched_tokens and rows within max_num_seqs.
     """
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, max_num_batched_tokens: int) -> None:
         self.max_num_seqs = config.max_num_seqs
-        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_num_batched_tokens = max_num_batched_tokens
+        """The runner's resolved budget (the config's may be None: the model kind's default)."""
         self.window = max(4 * config.max_num_seqs, 256)
         self.waiting: deque[Request] = deque()
 

@@ -46,8 +46,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="compute dtype; auto = bf16 where it is faster on this CPU, else fp32")
     parser.add_argument("--max-model-len", type=_positive_int, help="longest prompt in tokens")
-    parser.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192,
-                        help="padded-token budget of one batch")
+    parser.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
+                        help="padded-token budget of one batch (default: 2048 for encoders, 8192 for decoders)")
     parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")

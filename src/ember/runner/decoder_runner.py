@@ -37,6 +37,9 @@ from ember.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 
+DECODER_BATCH_TOKENS = 8192
+"""Default padded-token budget of a prefill batch."""
+
 DEFAULT_MAX_MODEL_LEN = 2048
 """Cap of the default context on CPU (the KV cache and the profiling run scale with it)."""
 
@@ -63,7 +66,7 @@ class DecoderModelRunner:
         max_len = self.info.max_model_len
         self.kv_spec = KVCacheSpec(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
                                    config.cache_config.block_size, self.dtype, max_len)
-        max_tokens = max(sc.max_num_batched_tokens, max_len)
+        max_tokens = max(sc.max_num_batched_tokens or DECODER_BATCH_TOKENS, max_len)
         self.plan = DecoderShapePlan(sc.max_num_seqs, max_len, max_tokens, self.kv_spec.blocks_per_seq)
         self.counter = CompileCounter()
         self.kv_cache: torch.Tensor | None = None

@@ -21,6 +21,10 @@ from ember.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 
+ENCODER_BATCH_TOKENS = 2048
+"""Default padded-token budget of an encoder batch: small enough for the activations to stay in
+the CPU caches (measured: 16384 -> 32, 2048 -> 39 passages/s on MiniLM, short texts unchanged)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RowRequest:
@@ -45,7 +49,8 @@ class ModelRunner:
         self.pooler = Pooler(self.info.pooling_type)
         self.pad_id = self.model.config.pad_token_id
         sc = config.scheduler_config
-        self.plan = ShapePlan(sc.max_num_seqs, self.info.max_model_len, sc.max_num_batched_tokens)
+        budget = max(sc.max_num_batched_tokens or ENCODER_BATCH_TOKENS, self.info.max_model_len)
+        self.plan = ShapePlan(sc.max_num_seqs, self.info.max_model_len, budget)
         self.counter = CompileCounter()
         self._compiled = None
         self.num_fallbacks = 0
