@@ -107,9 +107,10 @@ class ModelRunner:
             rows = [[self.pad_id] * shape[1]] * shape[0]
             spec = [specs[i % len(specs)] for i in range(shape[0])]
             self.execute(Batch.from_token_ids(rows, shape, self.pad_id), spec)
-        # The plan ends on its largest batch, which leaves the CPU caches full of activations. A
-        # single short text streams every weight: end on a few of those, so that the first
-        # request finds the caches as the thousandth does in a steady stream.
+        # The plan ends on its largest batch. End on a few single short texts instead, the most
+        # common request, so that the state the engine is left in at ready (caches, allocator,
+        # threads) is the one a stream of such requests keeps (first call 1.55 -> 1.24x the
+        # median, together with the tqdm fix in LLM.encode; BENCHMARKS.md).
         small = self.plan.snap(1, min(16, self.plan.max_seq))
         for _ in range(3):
             self.execute(Batch.from_token_ids([[self.pad_id] * small[1]], small, self.pad_id), specs[:1])
