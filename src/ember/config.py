@@ -26,6 +26,10 @@ class ModelConfig:
     """Longest sequence in tokens (special tokens included). Default: the model's limit."""
     seed: int = 0
     """Seed applied to every random generator after warm-up (python, numpy, torch)."""
+    quantization: str | None = None
+    """"int8": smoothed dynamic int8 linears, run eagerly, refused below quantization_min_cosine."""
+    quantization_min_cosine: float = 0.98
+    """The int8 model's lowest cosine against float32 on the built-in probe set must reach this."""
     pooler_config: dict[str, Any] | None = None
     """Overrides of the model's pooling: {"pooling_type": "MEAN", "normalize": true}."""
     served_model_name: str | None = None
@@ -107,6 +111,15 @@ class EngineConfig:
             raise InvalidRequestError(
                 f"dtype must be one of auto, float32, bfloat16; got {m.dtype!r}", param="dtype"
             )
+        if m.quantization not in (None, "int8"):
+            raise InvalidRequestError(f"quantization must be 'int8' or None, got {m.quantization!r}",
+                                      param="quantization")
+        if m.quantization and m.dtype == "bfloat16":
+            raise InvalidRequestError("quantization='int8' quantizes the float32 model; use dtype 'auto' or "
+                                      "'float32'", param="dtype")
+        if not isinstance(m.quantization_min_cosine, (int, float)) or not 0 < m.quantization_min_cosine <= 1:
+            raise InvalidRequestError(f"quantization_min_cosine must be in (0, 1], got {m.quantization_min_cosine!r}",
+                                      param="quantization_min_cosine")
         _positive("max_model_len", m.max_model_len, allow_none=True)
         _positive("max_num_batched_tokens", s.max_num_batched_tokens, allow_none=True)
         _positive("max_num_seqs", s.max_num_seqs)

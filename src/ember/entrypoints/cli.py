@@ -50,6 +50,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="padded-token budget of one batch (default: 2048 for encoders, 8192 for decoders)")
     parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
+    parser.add_argument("--quantization", choices=["int8"], default=None,
+                        help="int8: smoothed dynamic int8 linears, refused at startup below --quantization-min-cosine")
+    parser.add_argument("--quantization-min-cosine", type=float, default=0.98,
+                        help="lowest cosine vs float32 the int8 model must reach on the built-in probe set")
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
@@ -70,6 +74,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "enforce_eager": args.enforce_eager,
+        "quantization": args.quantization,
+        "quantization_min_cosine": args.quantization_min_cosine,
         "seed": args.seed,
         "threads": args.threads,
         "compile_cache_dir": args.compile_cache_dir,

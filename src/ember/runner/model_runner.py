@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,8 +13,8 @@ from ember.config import EngineConfig, ModelInfo
 from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
-from ember.runner.batch import Batch
 from ember.runner.aot_package import load_or_compile, package_key
+from ember.runner.batch import Batch
 from ember.runner.compile import CompileCounter, ShapePlan, default_cache_dir
 from ember.runner.device import resolve_dtype
 from ember.tokenizer import TextTokenizer
@@ -42,7 +42,7 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = ModelFolder.read(resolve_model_path(mc.model))
-        self.dtype = resolve_dtype(mc.dtype)
+        self.dtype = torch.float32 if mc.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.info = self._model_info()
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
@@ -53,6 +53,9 @@ class ModelRunner:
         self.plan = ShapePlan(sc.max_num_seqs, self.info.max_model_len, budget)
         self.counter = CompileCounter()
         self._compiled = None
+        self.quantization_cosine: float | None = None
+        if mc.quantization == "int8":
+            self._quantize_int8(mc.quantization_min_cosine)
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
 
@@ -80,9 +83,42 @@ class ModelRunner:
             default_prompt_name=st.default_prompt_name,
         )
 
+    def _quantize_int8(self, min_cosine: float) -> None:
+        """Calibrate, quantize, and check the result on a probe set disjoint from the calibration."""
+        from ember.bench import corpus
+        from ember.runner.quantize import (
+            check_quality,
+            input_channel_maxima,
+            quantize_int8,
+        )
+
+        texts = corpus.load("short", 576) + corpus.load("passages", 80)
+        calibration, probe = texts[:512] + texts[576:640], texts[512:576] + texts[640:]
+        reference = self._embed_eagerly(probe)
+        maxima = input_channel_maxima(self.model, lambda: self._embed_eagerly(calibration))
+        replaced = quantize_int8(self.model, maxima)
+        self.quantization_cosine = check_quality(reference, self._embed_eagerly(probe), min_cosine)
+        logger.info("int8: %d linear layers quantized; min cosine vs float32 on %d probe texts %.4f (gate %.3f)",
+                    replaced, len(probe), self.quantization_cosine, min_cosine)
+
+    @torch.inference_mode()
+    def _embed_eagerly(self, texts: list[str]) -> torch.Tensor:
+        limit = self.info.max_model_len
+        vectors = []
+        step = min(32, self.plan.max_batch)
+        for start in range(0, len(texts), step):
+            rows = [t.token_ids for t in self.tokenizer.encode_batch(texts[start:start + step], [limit] * step)]
+            shape = self.plan.snap(len(rows), max(map(len, rows)))
+            batch = Batch.from_token_ids(rows, shape, self.pad_id)
+            vectors += self.execute(batch, [RowRequest("embed", None, True)] * len(rows))
+        return torch.stack(vectors)
+
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
-        returns the seconds spent compiling and loading."""
+        returns the seconds spent compiling and loading. The int8 model runs eagerly: 0."""
+        if self.quantization_cosine is not None:
+            logger.info("int8 model: no compile (quantized linears run eagerly)")
+            return 0.0
         cc = self.config.compile_config
         cache_dir = cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
