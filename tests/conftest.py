@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_models import build_tiny_bert, build_tiny_llama, build_tiny_qwen3, build_tiny_xlm_roberta
+from tests.tiny_models import (
+    build_tiny_bert,
+    build_tiny_llama,
+    build_tiny_qwen3,
+    build_tiny_xlm_roberta,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 CACHE = Path(os.environ.get("EMBER_BENCH_CACHE", "/tmp/ember-bench-cache"))
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:

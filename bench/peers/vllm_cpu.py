@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:

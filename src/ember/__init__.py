@@ -13,7 +13,13 @@ from ember.errors import (
     OverloadedError,
     UnsupportedModelError,
 )
-from ember.outputs import CompilationTimes, CompletionOutput, EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from ember.outputs import (
+    CompilationTimes,
+    CompletionOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    RequestOutput,
+)
 from ember.params import PoolingParams, SamplingParams
 
 __version__ = "0.1.0"
@@ -22,9 +28,9 @@ __all__ = [
     "LLM",
     "CompilationTimes",
     "CompletionOutput",
-    "EmberError",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
+    "EmberError",
     "EngineConfig",
     "EngineDeadError",
     "InvalidRequestError",

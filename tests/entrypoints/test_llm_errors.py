@@ -7,7 +7,13 @@ import shutil
 
 import pytest
 
-from ember import LLM, InvalidRequestError, ModelNotFoundError, PoolingParams, UnsupportedModelError
+from ember import (
+    LLM,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PoolingParams,
+    UnsupportedModelError,
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.entrypoints.server_harness import RunningServer, check_error, make_texts, wait_until
+from tests.entrypoints.server_harness import (
+    RunningServer,
+    check_error,
+    make_texts,
+    wait_until,
+)
 
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -18,7 +18,15 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.entrypoints.server_harness import DEADLINE_S, RunningServer, check_error, free_port, make_texts, wait_until
+from tests.entrypoints.server_harness import (
+    DEADLINE_S,
+    RunningServer,
+    check_error,
+    free_port,
+    make_texts,
+    wait_until,
+)
+
 
 def gauge(url: str, name: str) -> float:
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):

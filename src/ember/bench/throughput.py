@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from ember.bench import corpus, roofline
-from ember.bench.engines import ENGINES, EngineSpec, find_runners_dir, run_engine, skip_reason
+from ember.bench.engines import (
+    ENGINES,
+    EngineSpec,
+    find_runners_dir,
+    run_engine,
+    skip_reason,
+)
 
 logger = logging.getLogger(__name__)
 REFERENCE = EngineSpec("reference", "reference: sentence-transformers fp32", "st", None, "fp32", {"dtype": "float32"})

@@ -10,7 +10,12 @@ from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine import Engine
 from ember.engine.processor import PromptsType, normalize_prompts
 from ember.errors import InvalidRequestError
-from ember.outputs import CompilationTimes, EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from ember.outputs import (
+    CompilationTimes,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    RequestOutput,
+)
 from ember.params import PoolingParams, SamplingParams
 
 

@@ -13,8 +13,9 @@ graphs never mutate their inputs. q/k/v and gate/up are fused into one linear ea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -18,7 +18,11 @@ from ember.errors import ModelNotFoundError, UnsupportedModelError
 from ember.model import gguf
 from ember.model.gguf import find_gguf
 from ember.model.registry import model_class, resolve_architecture
-from ember.model.st_modules import SentenceTransformerModules, read_json_object, read_st_modules
+from ember.model.st_modules import (
+    SentenceTransformerModules,
+    read_json_object,
+    read_st_modules,
+)
 
 logger = logging.getLogger(__name__)
 

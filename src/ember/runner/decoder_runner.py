@@ -29,7 +29,13 @@ from ember.model.loader import ModelFolder, build_model, read_json
 from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
 from ember.runner.batch import Batch
-from ember.runner.compile import MIN_DIM, CompileCounter, default_cache_dir, inductor_settings, is_recompile_refusal
+from ember.runner.compile import (
+    MIN_DIM,
+    CompileCounter,
+    default_cache_dir,
+    inductor_settings,
+    is_recompile_refusal,
+)
 from ember.runner.decoder_plan import DecoderShapePlan
 from ember.runner.device import resolve_dtype
 from ember.runner.kv_cache import NULL_BLOCK, KVCacheSpec

@@ -21,10 +21,10 @@ import torch
 
 from ember.config import EngineConfig
 from ember.errors import OutOfMemoryBudgetError
-from ember.outputs import CompilationTimes, ReadyReport
 from ember.model.loader import ModelFolder
 from ember.model.registry import is_generative
 from ember.model.sources import resolve_model_path
+from ember.outputs import CompilationTimes, ReadyReport
 from ember.runner.decoder_runner import DecoderModelRunner
 from ember.runner.device import init_threads
 from ember.runner.kv_cache import kv_cache_budget, num_blocks_for, peak_resident_bytes

@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ember.entrypoints.server.protocol import JSONBody, PoolingRequest, PoolingResponse, encode_vector
+from ember.entrypoints.server.protocol import (
+    JSONBody,
+    PoolingRequest,
+    PoolingResponse,
+    encode_vector,
+)
 from ember.entrypoints.server.routes.embeddings import run_pooling, usage
 from ember.entrypoints.server.state import require_api_key
 
