@@ -37,7 +37,7 @@ class ClientGoneError(EmberError):
 class AsyncEngine:
     """An Engine for asyncio callers. `start()` returns at once; `is_ready` turns True after warm-up.
 
-    Args: see EngineLoop (config, on_step, on_ready, on_startup_failed).
+    Args: see EngineLoop (config, on_step, on_startup_failed).
     """
 
     def __init__(self, config: EngineConfig, **hooks: Any) -> None:

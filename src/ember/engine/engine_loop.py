@@ -16,7 +16,6 @@ from ember.config import EngineConfig
 from ember.engine.engine import Engine
 from ember.engine.request import Request, RequestStatus
 from ember.errors import EmberError, EngineDeadError, OverloadedError
-from ember.params import PoolingParams
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +58,16 @@ class EngineLoop:
     Args:
         config: the engine configuration; scheduler_config.max_waiting_requests bounds the queue.
         on_step: called on the engine thread after each batch (metrics); must be quick.
-        on_ready: called on the engine thread once warm, before the first request is taken.
         on_startup_failed: called on the engine thread if building the Engine raises.
     """
 
     def __init__(self, config: EngineConfig, *, on_step: Callable[[StepStats], None] | None = None,
-                 on_ready: Callable[[], None] | None = None,
                  on_startup_failed: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
         self.engine: Engine | None = None
         self.startup_error: BaseException | None = None
         self.dead_error: BaseException | None = None
-        self.on_step, self.on_ready, self.on_startup_failed = on_step, on_ready, on_startup_failed
+        self.on_step, self.on_startup_failed = on_step, on_startup_failed
         self.max_waiting = config.scheduler_config.max_waiting_requests
         self.num_pending = 0
         """Prompts accepted and not yet finished or dropped: the bounded queue's depth."""
@@ -145,7 +142,6 @@ class EngineLoop:
         """Engine thread: start up, then serve until the stop sentinel."""
         try:
             self.engine = engine = Engine(self.config)
-            engine.processor.process(["warm up"], PoolingParams())  # the tokenizer's lazy set-up, not on a request
         except BaseException as exc:
             logger.exception("engine startup failed")
             self.startup_error = exc
@@ -154,8 +150,6 @@ class EngineLoop:
                 self.on_startup_failed(exc)
             return
         self._ready.set()
-        if self.on_ready is not None:
-            self.on_ready()
         try:
             self._serve(engine)
         except BaseException as exc:
