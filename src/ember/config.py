@@ -27,8 +27,9 @@ class ModelConfig:
     seed: int = 0
     """Seed applied to every random generator after warm-up (python, numpy, torch)."""
     quantization: str | None = None
-    """"int8": smoothed dynamic int8 linears, run eagerly, refused below quantization_min_cosine."""
-    quantization_min_cosine: float = 0.98
+    """"int8": int8 linears on per-token int8 activations (runner/quantize.py), compiled like the
+    float32 model; refused at load below quantization_min_cosine."""
+    quantization_min_cosine: float = 0.99
     """The int8 model's lowest cosine against float32 on the built-in probe set must reach this."""
     pooler_config: dict[str, Any] | None = None
     """Overrides of the model's pooling: {"pooling_type": "MEAN", "normalize": true}."""

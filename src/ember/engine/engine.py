@@ -104,7 +104,7 @@ class Engine:
             "num_batches": self.num_batches,
             "num_requests": self.num_requests,
             "dtype": str(self.runner.dtype).removeprefix("torch."),
-            "is_compiled": not self.config.compile_config.enforce_eager and self.config.model_config.quantization is None,
+            "is_compiled": not self.config.compile_config.enforce_eager,
             "quantization": self.config.model_config.quantization,
             "quantization_min_cosine_measured": getattr(self.runner, "quantization_cosine", None),
             **(self.generation.stats() if self.generation is not None else {}),

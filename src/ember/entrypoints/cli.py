@@ -51,8 +51,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
     parser.add_argument("--quantization", choices=["int8"], default=None,
-                        help="int8: smoothed dynamic int8 linears, refused at startup below --quantization-min-cosine")
-    parser.add_argument("--quantization-min-cosine", type=float, default=0.98,
+                        help="int8: int8 linears on per-token int8 activations, refused at startup below --quantization-min-cosine")
+    parser.add_argument("--quantization-min-cosine", type=float, default=0.99,
                         help="lowest cosine vs float32 the int8 model must reach on the built-in probe set")
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")

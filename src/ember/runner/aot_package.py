@@ -49,11 +49,13 @@ class CompiledGraph:
     path: Path | None
 
 
-def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str) -> str:
+def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str,
+                quantization: str | None = None) -> str:
     from ember import __version__
 
     digest = hashlib.sha256()
     for part in ("weights-outside", __version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, MIN_DIM,
+                 f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
     for file in sorted(model_files):

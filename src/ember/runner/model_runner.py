@@ -86,17 +86,16 @@ class ModelRunner:
     def _quantize_int8(self, min_cosine: float) -> None:
         """Calibrate, quantize, and check the result on a probe set disjoint from the calibration."""
         from ember.bench import corpus
-        from ember.runner.quantize import (
-            check_quality,
-            input_channel_maxima,
-            quantize_int8,
-        )
+        from ember.runner.memory import release_free_memory
+        from ember.runner.quantize import capture_linear_inputs, check_quality, quantize_int8
 
         texts = corpus.load("short", 576) + corpus.load("passages", 80)
         calibration, probe = texts[:512] + texts[576:640], texts[512:576] + texts[640:]
         reference = self._embed_eagerly(probe)
-        maxima = input_channel_maxima(self.model, lambda: self._embed_eagerly(calibration))
-        replaced = quantize_int8(self.model, maxima)
+        captured = capture_linear_inputs(self.model, lambda: self._embed_eagerly(calibration))
+        replaced = quantize_int8(self.model, captured)
+        del captured
+        release_free_memory()
         self.quantization_cosine = check_quality(reference, self._embed_eagerly(probe), min_cosine)
         logger.info("int8: %d linear layers quantized; min cosine vs float32 on %d probe texts %.4f (gate %.3f)",
                     replaced, len(probe), self.quantization_cosine, min_cosine)
@@ -115,14 +114,11 @@ class ModelRunner:
 
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
-        returns the seconds spent compiling and loading. The int8 model runs eagerly: 0."""
-        if self.quantization_cosine is not None:
-            logger.info("int8 model: no compile (quantized linears run eagerly)")
-            return 0.0
+        returns the seconds spent compiling and loading."""
         cc = self.config.compile_config
         cache_dir = cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
-        key = package_key(files, self.dtype, self.plan, self.info.architecture)
+        key = package_key(files, self.dtype, self.plan, self.info.architecture, self.config.model_config.quantization)
         graph = load_or_compile(self.model, self.plan, Path(cache_dir) if cache_dir else None, key, self.pad_id)
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",

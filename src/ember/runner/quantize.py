@@ -1,16 +1,27 @@
-"""int8 mode: SmoothQuant-style smoothing + dynamic int8 linears (VNNI through fbgemm), behind a
-quality gate measured at load.
+"""int8 mode: every linear runs as an int8 x int8 GEMM (VNNI, through `torch._int_mm`), with
+activations quantized per token at run time; behind a quality gate measured at load.
 
-Dynamic int8 quantizes each linear's input per tensor, so a few outlier channels in the
-activations ruin the rest: plain `quantize_dynamic` on all-MiniLM-L6-v2 gave a min cosine of 0.93
-against fp32 (0.95 with per-channel weights and the FFN output linear left in fp32). Smoothing
-moves that range into the weights (SmoothQuant, Xiao et al. 2022): per input channel j,
-s_j = max|X_j|^a / max|W_j|^(1-a), the weight's column j is multiplied by s_j and the input
-divided by it on the fly. With a = 0.85, calibrated on 608 built-in texts, MiniLM keeps a min
-cosine of 0.988 on short texts and 0.993 on passages, and runs 1.7x (short) / 1.4x (passages)
-the fp32 compiled model (BENCHMARKS.md). The quantized model runs eagerly: no compile to warm.
+Per linear, y = x W^T + b becomes (Int8Linear.forward):
+- smoothing (SmoothQuant, Xiao et al. 2022): x is divided per input channel by
+  s_j = max|X_j|^a / max|W_j|^(1-a) and W's column j multiplied by it, which moves the range of
+  a few outlier channels from the activations into the weights;
+- weights: int8, one scale per output channel, quantized once at load;
+- activations: int8 per token (row), asymmetric: scale (max - min) / 255 and a zero point, so
+  that a row of GELU outputs (all >= -0.17) uses the whole int8 range; computed inside the
+  compiled graph, fused with whatever produced x;
+- the int32 accumulator is corrected for the zero point (a precomputed column sum of the int8
+  weights) and scaled back to float32 with the row and channel scales.
 
-The gate: before quantizing, the fp32 model embeds a built-in probe set (disjoint from the
+All of it is plain torch, so the int8 model is exported and AOT-compiled like the float32 one.
+Per linear, `a` is picked from SMOOTHING_ALPHAS as the one with the smallest output error on
+calibration inputs captured from the float32 model.
+
+Measured on all-MiniLM-L6-v2 (BENCHMARKS.md, "int8 mode"): min cosine vs float32 0.9986 on the
+bench corpora, ~2.1x the float32 throughput. Per-tensor activation scales (fbgemm's dynamic
+linear, this mode's first version) reached only 0.99: one scale per tensor spends the int8 range
+on its outlier tokens.
+
+The gate: before quantizing, the float32 model embeds a built-in probe set (disjoint from the
 calibration texts); after, the int8 model embeds it again, and if the lowest cosine is below
 `quantization_min_cosine` the engine refuses to start, saying what it measured.
 """
@@ -18,8 +29,8 @@ calibration texts); after, the int8 model embeds it again, and if the lowest cos
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,71 +39,120 @@ from ember.errors import EmberError
 
 logger = logging.getLogger(__name__)
 
-SMOOTHING_ALPHA = 0.85
-"""Measured on MiniLM: 0.5 -> min cosine 0.75, 0.75 -> 0.983, 0.85 -> 0.988, 0.95 -> 0.980."""
+SMOOTHING_ALPHAS: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 0.85)
+"""Candidates per linear (None: no smoothing). A single alpha for all of MiniLM's linears gave a
+min cosine of 0.9966 at best (0.5); the per-linear choice 0.9986."""
+
+SAMPLED_ROWS_PER_CALL = 128
+SAMPLED_ROWS_MAX = 2048
+"""Calibration inputs kept per linear to pick its alpha (2048 x 1536 floats = 12 MB at most)."""
 
 
 class QuantizationQualityError(EmberError):
     """The int8 model's outputs are too far from the fp32 model's on the probe set."""
 
 
-class SmoothedInt8Linear(nn.Module):
-    """x -> int8_linear(x / s), with the linear's weight columns multiplied by s beforehand."""
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights, run on per-token asymmetric int8 activations."""
 
-    def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
+    def __init__(self, linear: nn.Linear, smoothing: torch.Tensor | None) -> None:
         super().__init__()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-            from torch.ao.quantization import (
-                per_channel_dynamic_qconfig,
-                quantize_dynamic,
-            )
-
-        self.register_buffer("inv_scale", (1.0 / scale).to(linear.weight.dtype))
-        with torch.no_grad():
-            linear.weight.mul_(scale)
-        with warnings.catch_warnings():  # torch.ao's own deprecation notice; torch is pinned
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation.*")
-            warnings.filterwarnings("ignore", message=".*quantize_per_.*")
-            warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-            holder = quantize_dynamic(nn.Sequential(linear), {nn.Linear: per_channel_dynamic_qconfig},
-                                      dtype=torch.qint8)
-        self.linear = holder[0]
+        weight = linear.weight.detach().float()
+        in_features = weight.shape[1]
+        smoothing = torch.ones(in_features) if smoothing is None else smoothing.float()
+        weight = weight * smoothing[None, :]
+        scale = weight.abs().amax(1).clamp(min=1e-8) / 127
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.register_buffer("inv_smoothing", (1.0 / smoothing).contiguous())
+        self.register_buffer("weight_int8", quantized.t().contiguous())  # [in, out], as _int_mm wants
+        self.register_buffer("weight_scale", scale.contiguous())
+        self.register_buffer("weight_column_sum", quantized.sum(1, dtype=torch.int32).contiguous())
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
+        self.register_buffer("bias", bias.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x * self.inv_scale)
+        rows = x.reshape(-1, x.shape[-1]) * self.inv_smoothing
+        low = rows.amin(-1, keepdim=True).clamp(max=0)
+        high = rows.amax(-1, keepdim=True).clamp(min=0)
+        scale = ((high - low) / 255).clamp(min=1e-8)
+        zero = torch.round(-low / scale) - 128  # q = round(x / scale) + zero, in [-128, 127]
+        q = (torch.round(rows / scale) + zero).clamp(-128, 127).to(torch.int8)
+        accumulated = torch._int_mm(q, self.weight_int8) - zero.to(torch.int32) * self.weight_column_sum
+        out = accumulated.float() * (scale * self.weight_scale) + self.bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def input_channel_maxima(model: nn.Module, run_calibration: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Per linear layer (by name), the largest |input| per channel over the calibration run."""
-    maxima: dict[str, torch.Tensor] = {}
+@dataclass
+class LinearInputs:
+    """What calibration saw at one linear's input: per-channel max |x| and a sample of rows."""
+
+    channel_max: torch.Tensor | None = None
+    samples: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).float()
+        peak = rows.abs().amax(0)
+        self.channel_max = peak if self.channel_max is None else torch.maximum(self.channel_max, peak)
+        if sum(len(s) for s in self.samples) < SAMPLED_ROWS_MAX:
+            pick = torch.randperm(rows.shape[0], generator=generator)[:SAMPLED_ROWS_PER_CALL]
+            self.samples.append(rows[pick].clone())
+
+
+def capture_linear_inputs(model: nn.Module, run_calibration: Callable[[], None]) -> dict[str, LinearInputs]:
+    """Per nn.Linear (by name), what its input looked like over the calibration run."""
+    captured: dict[str, LinearInputs] = {}
+    generator = torch.Generator().manual_seed(0)  # the same rows on every load
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, name: str = name) -> None:
-                x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0).float()
-                maxima[name] = torch.maximum(maxima[name], x) if name in maxima else x
+            captured[name] = LinearInputs()
+
+            def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor,
+                       name: str = name) -> None:
+                captured[name].add(inputs[0], generator)
             hooks.append(module.register_forward_hook(record))
     try:
         run_calibration()
     finally:
         for hook in hooks:
             hook.remove()
-    return maxima
+    return {name: seen for name, seen in captured.items() if seen.channel_max is not None}
 
 
-def quantize_int8(model: nn.Module, maxima: dict[str, torch.Tensor], alpha: float = SMOOTHING_ALPHA) -> int:
-    """Replace every calibrated nn.Linear by a SmoothedInt8Linear, in place; returns how many."""
+def smoothing_scale(linear: nn.Linear, channel_max: torch.Tensor, alpha: float | None) -> torch.Tensor | None:
+    if alpha is None:
+        return None
+    x_max = channel_max.clamp(min=1e-5)
+    w_max = linear.weight.detach().abs().amax(0).float().clamp(min=1e-5)
+    return x_max.pow(alpha) / w_max.pow(1 - alpha)
+
+
+@torch.inference_mode()
+def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear, float | None, float]:
+    """The Int8Linear (and its alpha, relative output error) closest to `linear` on the samples."""
+    x = torch.cat(seen.samples)
+    reference = linear(x.to(linear.weight.dtype)).float()
+    best: tuple[Int8Linear, float | None, float] | None = None
+    for alpha in SMOOTHING_ALPHAS:
+        candidate = Int8Linear(linear, smoothing_scale(linear, seen.channel_max, alpha))
+        error = float((candidate(x) - reference).norm() / reference.norm().clamp(min=1e-12))
+        if best is None or error < best[2]:
+            best = (candidate, alpha, error)
+    assert best is not None
+    return best
+
+
+def quantize_int8(model: nn.Module, captured: dict[str, LinearInputs]) -> int:
+    """Replace every calibrated nn.Linear by its best Int8Linear, in place; returns how many."""
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if not isinstance(child, nn.Linear) or name not in maxima:
+            if not isinstance(child, nn.Linear) or name not in captured:
                 continue
-            x_max = maxima[name].clamp(min=1e-5)
-            w_max = child.weight.detach().abs().amax(0).float().clamp(min=1e-5)
-            scale = (x_max.pow(alpha) / w_max.pow(1 - alpha)).to(child.weight.dtype)
-            setattr(parent, child_name, SmoothedInt8Linear(child, scale))
+            quantized, alpha, error = best_int8_linear(child, captured[name])
+            logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
+            setattr(parent, child_name, quantized)
             replaced += 1
     return replaced
 
