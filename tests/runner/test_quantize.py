@@ -82,6 +82,33 @@ def test_int8_linear_tracks_float32_on_inputs_with_outliers():
     assert quantized.weight_int8.dtype == torch.int8
 
 
+def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_path, caplog):
+    """A restart loads the calibrated int8 layers instead of recalibrating: same vectors, same
+    measurement, and the gate still applies to it. A corrupt entry is recalibrated, not fatal."""
+    texts = ["quick brown fox", "jumps over the lazy dog " * 5]
+    kwargs = {"quantization": "int8", "quantization_min_cosine": 0.5, "enforce_eager": True,
+              "compile_cache_dir": str(tmp_path), **SMALL}
+    first = LLM(str(tiny_bert), **kwargs)
+    stored = list(tmp_path.glob("int8-*.pt"))
+    assert len(stored) == 1
+    with caplog.at_level("INFO", logger="ember.runner.model_runner"):
+        second = LLM(str(tiny_bert), **kwargs)
+    assert "layers loaded from" in caplog.text
+    np.testing.assert_array_equal(_vectors(first, texts), _vectors(second, texts))
+    measured = first.stats()["quantization_min_cosine_measured"]
+    assert second.stats()["quantization_min_cosine_measured"] == measured
+    with pytest.raises(QuantizationQualityError, match=f"{measured:.8f}"):
+        LLM(str(tiny_bert), **{**kwargs, "quantization_min_cosine": 1.0})
+
+    stored[0].write_bytes(b"not a torch file")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ember.runner.model_runner"):
+        third = LLM(str(tiny_bert), **kwargs)
+    assert "ignoring unreadable int8 cache entry" in caplog.text
+    np.testing.assert_allclose(_vectors(third, texts), _vectors(first, texts), atol=1e-6)
+    assert stored[0].stat().st_size > 1000  # rewritten
+
+
 def test_the_gate_refuses_a_model_below_the_threshold(tiny_bert):
     with pytest.raises(QuantizationQualityError, match=r"refused.*min cosine of [01]\.\d{8} .*quantization_min_cosine=1"):
         LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=1.0, **SMALL)

@@ -84,21 +84,38 @@ class ModelRunner:
         )
 
     def _quantize_int8(self, min_cosine: float) -> None:
-        """Calibrate, quantize, and check the result on a probe set disjoint from the calibration."""
+        """Load the stored int8 layers, or calibrate, quantize and check the result on a probe set
+        disjoint from the calibration (and store it); refuse below min_cosine either way."""
+        from ember.runner import quantize
+
+        cache_dir = self._cache_dir()
+        path = cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                measured = quantize.load_quantized(self.model, path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable entry: recalibrate
+                logger.warning("ignoring unreadable int8 cache entry %s (%s); recalibrating", path, exc)
+            else:
+                self.quantization_cosine = quantize.enforce_gate(measured, min_cosine)
+                logger.info("int8: layers loaded from %s; min cosine vs float32 on the probe set %.4f (gate %.3f)",
+                            path, measured, min_cosine)
+                return
         from ember.bench import corpus
         from ember.runner.memory import release_free_memory
-        from ember.runner.quantize import capture_linear_inputs, check_quality, quantize_int8
 
         texts = corpus.load("short", 576) + corpus.load("passages", 80)
         calibration, probe = texts[:512] + texts[576:640], texts[512:576] + texts[640:]
         reference = self._embed_eagerly(probe)
-        captured = capture_linear_inputs(self.model, lambda: self._embed_eagerly(calibration))
-        replaced = quantize_int8(self.model, captured)
+        captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_eagerly(calibration))
+        replaced = quantize.quantize_int8(self.model, captured)
         del captured
         release_free_memory()
-        self.quantization_cosine = check_quality(reference, self._embed_eagerly(probe), min_cosine)
+        measured = quantize.lowest_cosine(reference, self._embed_eagerly(probe))
+        if path is not None:
+            quantize.save_quantized(self.model, path, measured)
+        self.quantization_cosine = quantize.enforce_gate(measured, min_cosine)
         logger.info("int8: %d linear layers quantized; min cosine vs float32 on %d probe texts %.4f (gate %.3f)",
-                    replaced, len(probe), self.quantization_cosine, min_cosine)
+                    replaced, len(probe), measured, min_cosine)
 
     @torch.inference_mode()
     def _embed_eagerly(self, texts: list[str]) -> torch.Tensor:
@@ -112,14 +129,22 @@ class ModelRunner:
             vectors += self.execute(batch, [RowRequest("embed", None, True)] * len(rows))
         return torch.stack(vectors)
 
+    def _cache_dir(self) -> Path | None:
+        """Where compiled packages and int8 layers are stored; None when caching is off ("")."""
+        configured = self.config.compile_config.compile_cache_dir
+        cache_dir = configured if configured is not None else str(default_cache_dir())
+        return Path(cache_dir) if cache_dir else None
+
+    def _cache_key(self, variant: str | None) -> str:
+        files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
+        return package_key(files, self.dtype, self.plan, self.info.architecture, variant)
+
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
         returns the seconds spent compiling and loading."""
-        cc = self.config.compile_config
-        cache_dir = cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
-        files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
-        key = package_key(files, self.dtype, self.plan, self.info.architecture, self.config.model_config.quantization)
-        graph = load_or_compile(self.model, self.plan, Path(cache_dir) if cache_dir else None, key, self.pad_id)
+        cache_dir = self._cache_dir()
+        key = self._cache_key(self.config.model_config.quantization)
+        graph = load_or_compile(self.model, self.plan, cache_dir, key, self.pad_id)
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,

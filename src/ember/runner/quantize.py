@@ -24,13 +24,18 @@ on its outlier tokens.
 The gate: before quantizing, the float32 model embeds a built-in probe set (disjoint from the
 calibration texts); after, the int8 model embeds it again, and if the lowest cosine is below
 `quantization_min_cosine` the engine refuses to start, saying what it measured.
+
+The int8 layers and that measurement are stored in the compile cache (save_quantized), keyed like
+the compiled packages, so a restart skips calibration and the gate's two probe passes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,6 +53,10 @@ SAMPLED_ROWS_MAX = 2048
 """Calibration inputs kept per linear to pick its alpha (2048 x 1536 floats = 12 MB at most)."""
 
 
+CACHE_FORMAT = 1
+"""Version of the stored int8 layers (save_quantized); bump when Int8Linear's buffers change."""
+
+
 class QuantizationQualityError(EmberError):
     """The int8 model's outputs are too far from the fp32 model's on the probe set."""
 
@@ -55,20 +64,31 @@ class QuantizationQualityError(EmberError):
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights, run on per-token asymmetric int8 activations."""
 
-    def __init__(self, linear: nn.Linear, smoothing: torch.Tensor | None) -> None:
+    BUFFERS = ("inv_smoothing", "weight_int8", "weight_scale", "weight_column_sum", "bias")
+
+    def __init__(self, inv_smoothing: torch.Tensor, weight_int8: torch.Tensor, weight_scale: torch.Tensor,
+                 weight_column_sum: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
+        self.register_buffer("inv_smoothing", inv_smoothing)  # [in]
+        self.register_buffer("weight_int8", weight_int8)  # [in, out], as _int_mm wants
+        self.register_buffer("weight_scale", weight_scale)  # [out]
+        self.register_buffer("weight_column_sum", weight_column_sum)  # [out], int32
+        self.register_buffer("bias", bias)  # [out]
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, smoothing: torch.Tensor | None) -> Int8Linear:
         weight = linear.weight.detach().float()
-        in_features = weight.shape[1]
-        smoothing = torch.ones(in_features) if smoothing is None else smoothing.float()
+        smoothing = torch.ones(weight.shape[1]) if smoothing is None else smoothing.float()
         weight = weight * smoothing[None, :]
         scale = weight.abs().amax(1).clamp(min=1e-8) / 127
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.register_buffer("inv_smoothing", (1.0 / smoothing).contiguous())
-        self.register_buffer("weight_int8", quantized.t().contiguous())  # [in, out], as _int_mm wants
-        self.register_buffer("weight_scale", scale.contiguous())
-        self.register_buffer("weight_column_sum", quantized.sum(1, dtype=torch.int32).contiguous())
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
-        self.register_buffer("bias", bias.contiguous())
+        return cls((1.0 / smoothing).contiguous(), quantized.t().contiguous(), scale.contiguous(),
+                   quantized.sum(1, dtype=torch.int32).contiguous(), bias.contiguous())
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Int8Linear:
+        return cls(*(state[name] for name in cls.BUFFERS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]) * self.inv_smoothing
@@ -134,7 +154,7 @@ def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear,
     reference = linear(x.to(linear.weight.dtype)).float()
     best: tuple[Int8Linear, float | None, float] | None = None
     for alpha in SMOOTHING_ALPHAS:
-        candidate = Int8Linear(linear, smoothing_scale(linear, seen.channel_max, alpha))
+        candidate = Int8Linear.from_float(linear, smoothing_scale(linear, seen.channel_max, alpha))
         error = float((candidate(x) - reference).norm() / reference.norm().clamp(min=1e-12))
         if best is None or error < best[2]:
             best = (candidate, alpha, error)
@@ -144,27 +164,65 @@ def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear,
 
 def quantize_int8(model: nn.Module, captured: dict[str, LinearInputs]) -> int:
     """Replace every calibrated nn.Linear by its best Int8Linear, in place; returns how many."""
+    def quantize(name: str, linear: nn.Linear) -> nn.Module | None:
+        if name not in captured:
+            return None
+        quantized, alpha, error = best_int8_linear(linear, captured[name])
+        logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
+        return quantized
+    return _swap_linears(model, quantize)
+
+
+def _swap_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if not isinstance(child, nn.Linear) or name not in captured:
-                continue
-            quantized, alpha, error = best_int8_linear(child, captured[name])
-            logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
-            setattr(parent, child_name, quantized)
-            replaced += 1
+            if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
+                setattr(parent, child_name, new)
+                replaced += 1
     return replaced
 
 
-def check_quality(reference: torch.Tensor, quantized: torch.Tensor, min_cosine: float) -> float:
-    """The lowest cosine between matching rows; raises QuantizationQualityError below min_cosine."""
-    cosine = torch.nn.functional.cosine_similarity(reference.float(), quantized.float(), dim=-1)
-    lowest = float(cosine.min())
-    if lowest < min_cosine:
+def save_quantized(model: nn.Module, path: Path, min_cosine_measured: float) -> None:
+    """Store the int8 layers and the gate's measurement, so the next load skips calibration."""
+    state = {name: {b: getattr(module, b) for b in Int8Linear.BUFFERS}
+             for name, module in model.named_modules() if isinstance(module, Int8Linear)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"format": CACHE_FORMAT, "layers": state, "min_cosine": min_cosine_measured}, scratch)
+    os.replace(scratch, path)  # atomic: a concurrent reader sees all or nothing
+
+
+def load_quantized(model: nn.Module, path: Path) -> float:
+    """Swap the model's linears for the stored int8 layers; returns the stored gate measurement.
+    Raises (and leaves the model untouched) if the file does not match the model."""
+    stored = torch.load(path, weights_only=True)
+    layers = stored["layers"]
+    if stored.get("format") != CACHE_FORMAT:
+        raise ValueError(f"format {stored.get('format')!r}, expected {CACHE_FORMAT}")
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if set(layers) != set(linears):
+        raise ValueError("its layers do not match the model's linear layers")
+    modules = {name: Int8Linear.from_state(layers[name]) for name in linears}
+    for name, linear in linears.items():
+        if tuple(modules[name].weight_int8.shape) != (linear.in_features, linear.out_features):
+            raise ValueError(f"layer {name} has another shape than the model's")
+    _swap_linears(model, lambda name, _: modules[name])
+    return float(stored["min_cosine"])
+
+
+def lowest_cosine(reference: torch.Tensor, quantized: torch.Tensor) -> float:
+    """The lowest cosine between matching rows."""
+    return float(torch.nn.functional.cosine_similarity(reference.float(), quantized.float(), dim=-1).min())
+
+
+def enforce_gate(measured: float, min_cosine: float) -> float:
+    """Returns `measured`; raises QuantizationQualityError when it is below min_cosine."""
+    if measured < min_cosine:
         raise QuantizationQualityError(
             f"int8 quantization refused: on the built-in probe set its embeddings reach a min cosine of "
-            f"{lowest:.8f} against float32, below quantization_min_cosine={min_cosine}; run without "
+            f"{measured:.8f} against float32, below quantization_min_cosine={min_cosine}; run without "
             f"quantization (or lower --quantization-min-cosine if that quality is acceptable)"
         )
-    return lowest
+    return measured
