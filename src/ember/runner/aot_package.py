@@ -31,7 +31,7 @@ import torch._inductor
 
 from ember.runner.aoti_build import build_fast
 from ember.runner.aoti_runner import AOTIRunner
-from ember.runner.compile import MIN_DIM, ShapePlan
+from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, ar
     from ember import __version__
 
     digest = hashlib.sha256()
-    for part in ("weights-outside", __version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, MIN_DIM,
+    for part in ("weights-outside", __version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, EXPORT_MIN_DIM,
                  f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
@@ -96,10 +96,11 @@ def load_or_compile(
 
 
 def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, pad_id: int) -> None:
-    batch = torch.export.Dim("batch", min=MIN_DIM, max=max(plan.max_batch, MIN_DIM + 1))
-    seq = torch.export.Dim("seq", min=MIN_DIM, max=max(plan.max_seq, MIN_DIM + 1))
+    # The bounds cover the example below even for a plan smaller than it.
+    batch = torch.export.Dim("batch", min=EXPORT_MIN_DIM, max=max(plan.max_batch, 3))
+    seq = torch.export.Dim("seq", min=EXPORT_MIN_DIM, max=max(plan.max_seq, 3))
     # Distinct example sizes so that export never ties batch and seq together.
-    seq_max = max(plan.max_seq, MIN_DIM + 1)
+    seq_max = max(plan.max_seq, 3)
     b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
 

@@ -24,6 +24,12 @@ import torch
 logger = logging.getLogger(__name__)
 
 MIN_DIM = 2
+"""Smallest batch/seq size of a torch.compile'd graph (the decoder's): dynamic shapes specialize
+sizes 0 and 1, so smaller requests are padded up to it."""
+EXPORT_MIN_DIM = 1
+"""Smallest batch/seq size of the AOT-exported encoder: torch.export with Dim(min=1) covers size 1
+too, so a single text runs as a batch of one instead of being padded to two rows (MiniLM, fp32,
+16 tokens: 3.6 ms instead of 4.8 ms)."""
 # Distinct, not 0/1, not equal to each other: the first trace must not specialize.
 _FIRST_SHAPE = (3, 11)
 
@@ -39,17 +45,17 @@ class ShapePlan:
 
     def snap(self, num_seqs: int, longest: int) -> tuple[int, int]:
         assert 1 <= num_seqs <= self.max_batch and 1 <= longest <= self.max_seq, (num_seqs, longest)
-        return max(num_seqs, MIN_DIM), max(longest, MIN_DIM)
+        return max(num_seqs, EXPORT_MIN_DIM), max(longest, EXPORT_MIN_DIM)
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
         """The first shape compiles; the rest exercise the corners and a grid of the plan."""
-        batches = sorted({MIN_DIM, self.max_batch})
-        seqs = sorted({MIN_DIM, min(64, self.max_seq), self.max_seq})
+        batches = sorted({EXPORT_MIN_DIM, self.max_batch})
+        seqs = sorted({EXPORT_MIN_DIM, min(64, self.max_seq), self.max_seq})
         first = (min(_FIRST_SHAPE[0], self.max_batch), min(_FIRST_SHAPE[1], self.max_seq))
         shapes = [first]
         for b in batches:
             for s in seqs:
-                s_fit = min(s, max(MIN_DIM, self.max_tokens // b))
+                s_fit = min(s, max(EXPORT_MIN_DIM, self.max_tokens // b))
                 if (b, s_fit) not in shapes:
                     shapes.append((b, s_fit))
         return shapes
