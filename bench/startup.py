@@ -1,7 +1,7 @@
 """Issue 4 (b): process launch to LLM() returning, and to `ember serve`'s /health 200; each start
 in a fresh process.
 
-    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3] [--no-server]
+    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3] [--no-server] [--quantization int8]
 
 Per repetition, a fresh temporary folder D is compile_cache_dir, TORCHINDUCTOR_CACHE_DIR and
 TMPDIR (so nothing inductor keeps under /tmp, such as precompiled headers, survives: a fresh machine):
@@ -28,7 +28,7 @@ import urllib.request
 CHILD = """
 import json, sys, time
 from ember import LLM
-llm = LLM(compile_cache_dir=sys.argv[1], enforce_eager=sys.argv[2] == "1")
+llm = LLM(compile_cache_dir=sys.argv[1], enforce_eager=sys.argv[2] == "1", quantization=sys.argv[3] or None)
 ready = time.time()
 stats = llm.stats()
 print(json.dumps({"ready": ready, "engine_startup_s": stats.get("startup_s"),
@@ -37,10 +37,10 @@ print(json.dumps({"ready": ready, "engine_startup_s": stats.get("startup_s"),
 """
 
 
-def start(cache_dir: str, *, eager: bool) -> dict[str, float]:
+def start(cache_dir: str, *, eager: bool, quantization: str) -> dict[str, float]:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TMPDIR": cache_dir}
     launched = time.time()
-    proc = subprocess.run([sys.executable, "-c", CHILD, cache_dir, "1" if eager else "0"],
+    proc = subprocess.run([sys.executable, "-c", CHILD, cache_dir, "1" if eager else "0", quantization],
                           capture_output=True, text=True, env=env, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -50,14 +50,15 @@ def start(cache_dir: str, *, eager: bool) -> dict[str, float]:
     return result
 
 
-def serve(cache_dir: str, *, eager: bool) -> dict[str, float]:
+def serve(cache_dir: str, *, eager: bool, quantization: str) -> dict[str, float]:
     """Launch `ember serve` and poll /health every 50 ms until it answers 200."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TMPDIR": cache_dir}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "ember.entrypoints.cli", "serve", "--port", str(port), "--log-level", "warning",
-           "--compile-cache-dir", cache_dir, *(["--enforce-eager"] if eager else [])]
+           "--compile-cache-dir", cache_dir, *(["--enforce-eager"] if eager else []),
+           *(["--quantization", quantization] if quantization else [])]
     launched = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -79,16 +80,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-server", action="store_true", help="skip the `ember serve` cases")
+    parser.add_argument("--quantization", choices=["int8"], default="", help="start the int8 mode instead")
     args = parser.parse_args()
     launchers = [("LLM()", start)] + ([] if args.no_server else [("serve /health", serve)])
     cases: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.reps):
         for what, launch in launchers:
             with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
-                cases.setdefault(f"{what}: empty cache", []).append(launch(d, eager=False))
-                cases.setdefault(f"{what}: warm cache", []).append(launch(d, eager=False))
+                cases.setdefault(f"{what}: empty cache", []).append(launch(d, eager=False, quantization=args.quantization))
+                cases.setdefault(f"{what}: warm cache", []).append(launch(d, eager=False, quantization=args.quantization))
             with tempfile.TemporaryDirectory(prefix="ember-startup-") as d:
-                cases.setdefault(f"{what}: enforce_eager", []).append(launch(d, eager=True))
+                cases.setdefault(f"{what}: enforce_eager", []).append(launch(d, eager=True, quantization=args.quantization))
     print("| case | launch to ready, s (median) | all runs s | compile s | warm-up s | shapes | RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for name, runs in cases.items():
