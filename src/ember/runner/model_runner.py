@@ -89,7 +89,7 @@ class ModelRunner:
         from ember.runner import quantize
 
         cache_dir = self._cache_dir()
-        path = cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
+        path = cache_dir / f"int8-{self._cache_key(f'int8-layers-{quantize.source_digest()}')}.pt" if cache_dir else None
         if path is not None and path.is_file():
             try:
                 measured = quantize.load_quantized(self.model, path)
@@ -112,7 +112,10 @@ class ModelRunner:
         release_free_memory()
         measured = quantize.lowest_cosine(reference, self._embed_eagerly(probe))
         if path is not None:
-            quantize.save_quantized(self.model, path, measured)
+            try:
+                quantize.save_quantized(self.model, path, measured)
+            except OSError as exc:  # a read-only or full cache costs the next start a calibration, nothing more
+                logger.warning("could not store the int8 layers in %s (%s)", path, exc)
         self.quantization_cosine = quantize.enforce_gate(measured, min_cosine)
         logger.info("int8: %d linear layers quantized; min cosine vs float32 on %d probe texts %.4f (gate %.3f)",
                     replaced, len(probe), measured, min_cosine)
