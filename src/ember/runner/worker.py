@@ -63,9 +63,11 @@ class Worker:
         times = self.report.compilation_times
         logger.info(
             "ready: %s in %.2f s (compile: encoder %.2f s, language_model %.2f s; warm-up %.2f s over %d shapes; "
-            "dtype %s; %d threads; rss %.0f MiB)",
+            "dtype %s%s; %d threads; rss %.0f MiB)",
             runner.info.architecture, self.report.startup_s, times.encoder, times.language_model,
-            self.report.warmup_s, self.report.num_warmed_shapes, runner.dtype, torch.get_num_threads(),
+            self.report.warmup_s, self.report.num_warmed_shapes, runner.dtype,
+            f", {self.config.model_config.quantization} linears" if self.config.model_config.quantization else "",
+            torch.get_num_threads(),
             self.report.rss_bytes / 2**20,
         )
         return runner

@@ -88,7 +88,13 @@ async def _warm_up_then_serve(app: FastAPI, state: ServerState) -> None:
 def _log_ready(engine: AsyncEngine, settings: ServerSettings, model_name: str) -> None:
     stats = engine.stats()
     logger.info(
-        "ready: serving %s at %s (startup %.1f s, compile %.1f s, warm-up %.1f s over %d shapes, dtype %s)",
+        "ready: serving %s at %s (startup %.1f s, compile %.1f s, warm-up %.1f s over %d shapes, %s)",
         model_name, settings.url, stats["startup_s"], stats["compilation_time_s"], stats["warmup_s"],
-        stats["num_warmed_shapes"], stats["dtype"],
+        stats["num_warmed_shapes"], _precision(stats),
     )
+
+
+def _precision(stats: dict) -> str:
+    if stats.get("quantization"):
+        return f"{stats['quantization']} linears, min cosine {stats['quantization_min_cosine_measured']:.4f} vs float32"
+    return f"dtype {stats['dtype']}"
