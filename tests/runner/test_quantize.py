@@ -125,6 +125,13 @@ def test_bad_quantization_arguments_are_refused(tiny_bert, kwargs, param):
     assert info.value.param == param
 
 
+def test_int8_is_refused_for_a_generative_model(tiny_llama):
+    """Decoders keep their float weights: asking for int8 is an error, not a silent no-op."""
+    with pytest.raises(InvalidRequestError, match="generates text") as info:
+        LLM(str(tiny_llama), quantization="int8", enforce_eager=True)
+    assert info.value.param == "quantization"
+
+
 def test_cli_rejects_an_unknown_quantization():
     result = subprocess.run([sys.executable, "-m", "ember.entrypoints.cli", "embed", "--quantization", "int4"],
                             capture_output=True, text=True, timeout=120, check=False)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ember.config import EngineConfig
-from ember.errors import OutOfMemoryBudgetError
+from ember.errors import InvalidRequestError, OutOfMemoryBudgetError
 from ember.model.loader import ModelFolder
 from ember.model.registry import is_generative
 from ember.model.sources import resolve_model_path
@@ -81,6 +81,11 @@ class Worker:
         start = time.perf_counter()
         folder = ModelFolder.read(resolve_model_path(self.config.model_config.model))
         if is_generative(folder.architecture):
+            if self.config.model_config.quantization:
+                raise InvalidRequestError(
+                    f"quantization={self.config.model_config.quantization!r} is for embedding, reranking and "
+                    f"classification models; {folder.architecture} generates text and runs unquantized",
+                    param="quantization")
             self.runner = DecoderModelRunner(self.config, folder)
         else:
             self.runner = ModelRunner(self.config)
