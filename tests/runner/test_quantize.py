@@ -11,7 +11,12 @@ import torch
 
 from ember import LLM
 from ember.errors import InvalidRequestError
-from ember.runner.quantize import SMOOTHING_ALPHAS, LinearInputs, QuantizationQualityError, best_int8_linear
+from ember.runner.quantize import (
+    SMOOTHING_ALPHAS,
+    LinearInputs,
+    QuantizationQualityError,
+    best_int8_linear,
+)
 from tests.texts import varied_texts
 
 SMALL = {"max_num_seqs": 8}
