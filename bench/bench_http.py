@@ -4,7 +4,10 @@
 
 Starts `ember serve` in a subprocess on a free port and waits for /health 200. Then:
 1. the first request after ready (1 text) vs the median of the next 50 (target <= 1.5), in
-   --first-reps fresh server starts (the median ratio and every run are reported);
+   --first-reps fresh server starts (the median ratio and every run are reported); then 10 more
+   single requests, each after 0.1 s idle, as the first one comes after the idle time between
+   the server's warm-up and the client's /health poll: first vs after-idle separates what is
+   paid once (a first-time cost) from what every request after a pause pays;
 2. for concurrency 1, 16, 64 and 1 or 32 texts per request: texts/s and p50/p99 request latency,
    with the client sending base64 (the `openai` client's default) and decoding every vector;
 3. stops the server (SIGTERM, expects exit 0) and measures offline `LLM.embed` on the same texts.
@@ -90,13 +93,23 @@ class Connection:
         self.writer.close()
 
 
-async def first_request(port: int, texts: list[str]) -> tuple[float, float]:
-    """(first request after ready, median of the next 50), one text each, sequential, one connection."""
+IDLE_S = 0.1
+"""Pause before each after-idle request: the /health poll interval, the most the first request
+idles after ready."""
+
+
+async def first_request(port: int, texts: list[str]) -> tuple[float, float, float]:
+    """(first request after ready, median of the next 50, median of 10 after IDLE_S idle each),
+    one text each, sequential, one connection."""
     conn = await Connection.open(port)
     first = await conn.post(texts[:1])
     rest = [await conn.post(texts[i + 1: i + 2]) for i in range(50)]
+    after_idle = []
+    for i in range(10):
+        await asyncio.sleep(IDLE_S)
+        after_idle.append(await conn.post(texts[51 + i: 52 + i]))
     conn.close()
-    return first, statistics.median(rest)
+    return first, statistics.median(rest), statistics.median(after_idle)
 
 
 async def load(port: int, texts: list[str], concurrency: int, per_request: int, num_texts: int) -> dict:
@@ -132,15 +145,18 @@ def offline_throughput(model: str | None, texts: list[str], kwargs: dict) -> flo
     return len(texts) / (time.perf_counter() - start)
 
 
-def report(rows: list[dict], offline: float, firsts: list[tuple[float, float]], texts: list[str]) -> str:
-    ratios = [f / m for f, m in firsts]
-    first = (statistics.median(f for f, _ in firsts), statistics.median(m for _, m in firsts))
+def report(rows: list[dict], offline: float, firsts: list[tuple[float, float, float]], texts: list[str]) -> str:
+    ratios = [f / m for f, m, _ in firsts]
+    idle_ratios = [f / a for f, _, a in firsts]
+    first = [statistics.median(run[k] for run in firsts) for k in range(3)]
     lines = [
         f"corpus: short, {len(texts)} texts, fingerprint {fingerprint(texts)}; {os.cpu_count()} CPUs",
         f"offline LLM.embed: {offline:.0f} texts/s",
         (f"first request after ready: {first[0] * 1000:.1f} ms; median of the next 50: {first[1] * 1000:.1f} ms; "
          f"ratio {statistics.median(ratios):.2f} (target <= 1.5); medians of {len(firsts)} server starts, "
          f"ratios {', '.join(f'{r:.2f}' for r in ratios)}"),
+        (f"single requests after {IDLE_S:.1f} s idle: median {first[2] * 1000:.1f} ms; first / after-idle "
+         f"{statistics.median(idle_ratios):.2f}; per start {', '.join(f'{r:.2f}' for r in idle_ratios)}"),
         "",
         "| concurrency | texts/request | requests | texts/s | % of offline | p50 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",
