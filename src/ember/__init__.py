@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ember import omp_defaults
+
+omp_defaults.apply()  # before anything below imports torch
+
 from ember.config import EngineConfig
 from ember.entrypoints.llm import LLM
 from ember.entrypoints.sentence_transformer import SentenceTransformer

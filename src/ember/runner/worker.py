@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
 import time
 
@@ -74,7 +75,8 @@ class Worker:
 
     def init_device(self) -> None:
         threads = init_threads(self.config.device_config.threads)
-        logger.info("init device: cpu, %d intra-op threads", threads)
+        logger.info("init device: cpu, %d intra-op threads; OpenMP idle spin: %s", threads,
+                    os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT") or "libgomp default")
 
     def load_model(self) -> ModelRunner | DecoderModelRunner:
         """The runner follows the model's kind: decoders with an LM head get the KV-cache runner."""
