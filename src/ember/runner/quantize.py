@@ -16,8 +16,8 @@ All of it is plain torch, so the int8 model is exported and AOT-compiled like th
 Per linear, `a` is picked from SMOOTHING_ALPHAS as the one with the smallest output error on
 calibration inputs captured from the float32 model.
 
-Measured on all-MiniLM-L6-v2 (BENCHMARKS.md, "int8 mode"): min cosine vs float32 0.9986 on the
-bench corpora, ~2.1x the float32 throughput. Per-tensor activation scales (fbgemm's dynamic
+Measured on all-MiniLM-L6-v2 (BENCHMARKS.md, run of 18:43 UTC): min cosine vs float32 0.9988 on
+the bench corpora, 1.6-1.7x the float32 throughput. Per-tensor activation scales (fbgemm's dynamic
 linear, this mode's first version) reached only 0.99: one scale per tensor spends the int8 range
 on its outlier tokens.
 
