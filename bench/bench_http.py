@@ -1,6 +1,6 @@
 """HTTP throughput and latency of `ember serve` against the offline API, in the same run.
 
-    flock /tmp/ember-bench.lock .venv/bin/python bench/bench_http.py [MODEL] [--texts 2048]
+    flock /tmp/ember-bench.lock .venv/bin/python bench/bench_http.py [MODEL] [--texts 2048] [--quantization int8]
 
 Starts `ember serve` in a subprocess on a free port and waits for /health 200. Then:
 1. the first request after ready (1 text) vs the median of the next 50 (target <= 1.5), in
@@ -172,11 +172,13 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="model (default: the packaged default)")
     parser.add_argument("--texts", type=int, default=2048, help="texts embedded per configuration")
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--quantization", choices=["int8"], default=None, help="serve (and compare with) the int8 mode")
     parser.add_argument("--server-log", help="write the server's log (info level) to this file")
     parser.add_argument("--first-reps", type=int, default=5, help="server starts for the first-request ratio")
     args = parser.parse_args()
     texts = short_texts(args.texts)
-    extra = ["--enforce-eager"] if args.enforce_eager else []
+    extra = (["--enforce-eager"] if args.enforce_eager else []) + (
+        ["--quantization", args.quantization] if args.quantization else [])
     firsts = []
     for rep in range(args.first_reps - 1):
         port = free_port()
@@ -202,7 +204,8 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         code = server.wait(120)
     assert code == 0, f"server exit code {code} after SIGTERM"
-    offline = offline_throughput(args.model, texts, {"enforce_eager": args.enforce_eager})
+    offline = offline_throughput(args.model, texts, {"enforce_eager": args.enforce_eager,
+                                                     "quantization": args.quantization})
     print(report(rows, offline, firsts, texts))
 
 
