@@ -6,11 +6,11 @@ Per linear, y = x W^T + b becomes (Int8Linear.forward):
   s_j = max|X_j|^a / max|W_j|^(1-a) and W's column j multiplied by it, which moves the range of
   a few outlier channels from the activations into the weights;
 - weights: int8, one scale per output channel, quantized once at load;
-- activations: int8 per token (row), asymmetric: scale (max - min) / 255 and a zero point, so
-  that a row of GELU outputs (all >= -0.17) uses the whole int8 range; computed inside the
-  compiled graph, fused with whatever produced x;
-- the int32 accumulator is corrected for the zero point (a precomputed column sum of the int8
-  weights) and scaled back to float32 with the row and channel scales.
+- activations: int8 per token (row), asymmetric: the row's [min, max] is mapped onto the 256
+  int8 steps, so that a row of GELU outputs (all >= -0.17) uses the whole int8 range; computed
+  inside the compiled graph, fused with whatever produced x;
+- the accumulator is scaled back to float32 with the row and channel scales, plus the row's
+  offset times a precomputed column sum of the int8 weights.
 
 All of it is plain torch, so the int8 model is exported and AOT-compiled like the float32 one.
 Per linear, `a` is picked from SMOOTHING_ALPHAS as the one with the smallest output error on
@@ -54,7 +54,7 @@ SAMPLED_ROWS_MAX = 2048
 """Calibration inputs kept per linear to pick its alpha (2048 x 1536 floats = 12 MB at most)."""
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Version of the stored int8 layers (save_quantized); bump when Int8Linear's buffers change."""
 
 
@@ -73,7 +73,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("inv_smoothing", inv_smoothing)  # [in]
         self.register_buffer("weight_int8", weight_int8)  # [in, out], as _int_mm wants
         self.register_buffer("weight_scale", weight_scale)  # [out]
-        self.register_buffer("weight_column_sum", weight_column_sum)  # [out], int32
+        self.register_buffer("weight_column_sum", weight_column_sum)  # [out], float32 (exact)
         self.register_buffer("bias", bias)  # [out]
 
     @classmethod
@@ -85,21 +85,22 @@ class Int8Linear(nn.Module):
         quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
         return cls((1.0 / smoothing).contiguous(), quantized.t().contiguous(), scale.contiguous(),
-                   quantized.sum(1, dtype=torch.int32).contiguous(), bias.contiguous())
+                   quantized.sum(1, dtype=torch.int32).float().contiguous(), bias.contiguous())
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Int8Linear:
         return cls(*(state[name] for name in cls.BUFFERS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Per row: x ~ scale * (q + 128) + low, q in [-128, 127]. Then, with W ~ W_int8 * weight_scale,
+        # x @ W^T = weight_scale * (scale * (q @ W_int8) + (128 * scale + low) * column_sum(W_int8)).
         rows = x.reshape(-1, x.shape[-1]) * self.inv_smoothing
-        low = rows.amin(-1, keepdim=True).clamp(max=0)
-        high = rows.amax(-1, keepdim=True).clamp(min=0)
-        scale = ((high - low) / 255).clamp(min=1e-8)
-        zero = torch.round(-low / scale) - 128  # q = round(x / scale) + zero, in [-128, 127]
-        q = (torch.round(rows / scale) + zero).clamp(-128, 127).to(torch.int8)
-        accumulated = torch._int_mm(q, self.weight_int8) - zero.to(torch.int32) * self.weight_column_sum
-        out = accumulated.float() * (scale * self.weight_scale) + self.bias
+        low = rows.amin(-1, keepdim=True)
+        scale = ((rows.amax(-1, keepdim=True) - low) / 255).clamp(min=1e-8)
+        q = (torch.round((rows - low) / scale) - 128).to(torch.int8)  # (rows - low) / scale is in [0, 255]
+        accumulated = torch._int_mm(q, self.weight_int8).float()
+        offset = (128 * scale + low) * self.weight_column_sum
+        out = (accumulated * scale + offset) * self.weight_scale + self.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
