@@ -38,6 +38,19 @@ def test_a_cached_package_runs_with_the_weights_of_the_model_it_is_loaded_with(t
 
 
 @torch.inference_mode()
+def test_a_package_built_for_other_weight_dtypes_is_rebuilt_not_run(tiny_bert, tmp_path, caplog):
+    """A stale package (built from other model code under the same key) must not compute garbage."""
+    folder = ModelFolder.read(tiny_bert)
+    load_or_compile(build_model(folder, torch.float32), PLAN, tmp_path, "key", pad_id=0)
+    other = build_model(folder, torch.bfloat16)  # same names, other dtypes and sizes
+    with caplog.at_level("WARNING", logger="ember.runner.aot_package"):
+        rebuilt = load_or_compile(other, PLAN, tmp_path, "key", pad_id=0)
+    assert not rebuilt.from_cache and "expects other dtypes or sizes" in caplog.text
+    ids, mask = _inputs()
+    torch.testing.assert_close(rebuilt.run(ids, mask).float(), other(ids, mask).float(), atol=2e-2, rtol=2e-2)
+
+
+@torch.inference_mode()
 def test_the_package_shares_the_model_weights_instead_of_copying_them(tiny_bert, tmp_path):
     model = build_model(ModelFolder.read(tiny_bert), torch.float32)
     graph = load_or_compile(model, PLAN, tmp_path, "key", pad_id=0)

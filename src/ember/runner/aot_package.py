@@ -11,8 +11,9 @@ Leaving the weights out also keeps the build short (no 90 MB data section to wri
 aoti_build.py has the rest of what keeps it short.
 
 Packages are keyed by everything that changes the generated code: the model's files, dtype,
-shape plan, CPU features, torch and Ember versions. A corrupt or unreadable package is ignored
-with a warning and rebuilt.
+quantization, shape plan, CPU features, torch and Ember versions, and a digest of the model code.
+A corrupt or unreadable package is ignored with a warning and rebuilt, and so is one whose
+constants do not match the model's tensors in dtype or size (aoti_runner.py checks).
 """
 
 from __future__ import annotations
@@ -49,13 +50,23 @@ class CompiledGraph:
     path: Path | None
 
 
+def graph_code_digest() -> str:
+    """Digest of the Python code that defines the exported graph (the model classes and the int8
+    layers): a package built by other code is never reused, whatever the version number says."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for source in sorted([*(root / "model").rglob("*.py"), root / "runner" / "quantize.py"]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str,
                 quantization: str | None = None) -> str:
     from ember import __version__
 
     digest = hashlib.sha256()
-    for part in ("weights-outside", __version__, torch.__version__, str(dtype), architecture, plan.max_batch, plan.max_seq, EXPORT_MIN_DIM,
-                 f"quantization={quantization}",
+    for part in ("weights-outside", __version__, graph_code_digest(), torch.__version__, str(dtype), architecture,
+                 plan.max_batch, plan.max_seq, EXPORT_MIN_DIM, f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
     for file in sorted(model_files):

@@ -27,6 +27,11 @@ _new_capsule.restype = ctypes.py_object
 _new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 
 
+_DTYPE_CODES = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4, torch.float16: 5,
+                torch.float32: 6, torch.float64: 7, torch.bool: 11, torch.bfloat16: 15}
+"""c10::ScalarType codes, which the AOTInductor C API reports constant dtypes in."""
+
+
 class _ConstantEntry(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("handle", ctypes.c_void_p)]
 
@@ -39,7 +44,11 @@ class AOTIRunner:
         self._container = ctypes.c_void_p()
         self._check(self._lib.AOTInductorModelContainerCreateWithDevice(
             ctypes.byref(self._container), ctypes.c_size_t(1), b"cpu", None), "create")
-        self._constant_handles = self._load_constants(tensors)  # the container borrows them
+        try:
+            self._constant_handles = self._load_constants(tensors)  # the container borrows them
+        except Exception:
+            self._lib.AOTInductorModelContainerDelete(self._container)
+            raise
         count = ctypes.c_size_t()
         self._check(self._lib.AOTInductorModelContainerGetNumOutputs(self._container, ctypes.byref(count)), "outputs")
         self._num_outputs = count.value
@@ -58,7 +67,7 @@ class AOTIRunner:
         lib, container = self._lib, self._container
         count = ctypes.c_size_t()
         self._check(lib.AOTInductorModelContainerGetNumConstants(container, ctypes.byref(count)), "constants")
-        entries, handles, missing = [], [], []
+        entries, handles, missing, mismatched = [], [], [], []
         for index in range(count.value):
             name, fqn = ctypes.c_char_p(), ctypes.c_char_p()
             self._check(lib.AOTInductorModelContainerGetConstantName(container, ctypes.c_size_t(index),
@@ -69,15 +78,30 @@ class AOTIRunner:
             if tensor is None:
                 missing.append((fqn.value or b"").decode())
                 continue
+            if not self._matches(index, tensor):
+                mismatched.append((fqn.value or b"").decode())
+                continue
             handle = _pointer(_aoti.unsafe_alloc_void_ptr_from_tensor(tensor))
             handles.append(handle)
             entries.append(_ConstantEntry(name.value, handle))
         if missing:
             raise RuntimeError(f"compiled package expects weights the model lacks: {missing[:3]}")
+        if mismatched:  # a package built from other model code: running it would compute garbage
+            raise RuntimeError(f"compiled package expects other dtypes or sizes for: {mismatched[:3]}")
         array = (_ConstantEntry * len(entries))(*entries)
         self._check(lib.AOTInductorModelContainerUpdateUserManagedConstantBufferPairs(
             container, array, ctypes.c_size_t(len(entries)), ctypes.c_bool(False), ctypes.c_bool(True)), "weights")
         return handles
+
+    def _matches(self, index: int, tensor: torch.Tensor) -> bool:
+        """Whether the package's constant `index` has the tensor's dtype and byte size."""
+        dtype, size = ctypes.c_int32(), ctypes.c_size_t()
+        self._check(self._lib.AOTInductorModelContainerGetConstantDtype(
+            self._container, ctypes.c_size_t(index), ctypes.byref(dtype)), "constant dtype")
+        self._check(self._lib.AOTInductorModelContainerGetConstantDataSize(
+            self._container, ctypes.c_size_t(index), ctypes.byref(size)), "constant size")
+        expected = _DTYPE_CODES.get(tensor.dtype)
+        return (expected is None or dtype.value == expected) and size.value == tensor.numel() * tensor.element_size()
 
     @staticmethod
     def _check(code: int, what: str) -> None:

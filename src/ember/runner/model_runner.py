@@ -89,7 +89,8 @@ class ModelRunner:
         from ember.runner import quantize
 
         cache_dir = self._cache_dir()
-        path = cache_dir / f"int8-{self._cache_key(f'int8-layers-{quantize.source_digest()}')}.pt" if cache_dir else None
+        # The key covers the model files, plan, versions and the code of model/ and quantize.py.
+        path = cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
         if path is not None and path.is_file():
             try:
                 measured = quantize.load_quantized(self.model, path)

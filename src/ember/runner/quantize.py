@@ -31,7 +31,6 @@ the compiled packages, so a restart skips calibration and the gate's two probe p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -184,11 +183,6 @@ def _swap_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module |
                 setattr(parent, child_name, new)
                 replaced += 1
     return replaced
-
-
-def source_digest() -> str:
-    """Digest of this module's code: stored int8 layers are reused only by the code that made them."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def save_quantized(model: nn.Module, path: Path, min_cosine_measured: float) -> None:
