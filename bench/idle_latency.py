@@ -16,7 +16,7 @@ import resource
 import statistics
 import time
 
-from ember import LLM
+from ember import LLM, omp_defaults
 from ember.bench import corpus
 
 
@@ -50,6 +50,8 @@ def main() -> None:
         time.sleep(idle)
         idle_cpu[idle] = cpu_seconds() - before
     policy = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    if omp_defaults.applied:
+        policy = {"GOMP_SPINCOUNT": f"{omp_defaults.applied} (Ember's default)"}
     print(f"{policy or 'libgomp defaults'}: back-to-back {statistics.median(back_to_back) * 1e3:.2f} ms; "
           f"after {args.pause} s idle {statistics.median(after_pause) * 1e3:.2f} ms; CPU burnt while idle: "
           + ", ".join(f"{v:.2f} s in {k} s" for k, v in idle_cpu.items()))

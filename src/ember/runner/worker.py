@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from ember import omp_defaults
 from ember.config import EngineConfig
 from ember.errors import InvalidRequestError, OutOfMemoryBudgetError
 from ember.model.loader import ModelFolder
@@ -75,8 +76,9 @@ class Worker:
 
     def init_device(self) -> None:
         threads = init_threads(self.config.device_config.threads)
-        logger.info("init device: cpu, %d intra-op threads; OpenMP idle spin: %s", threads,
-                    os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT") or "libgomp default")
+        spin = (f"GOMP_SPINCOUNT={omp_defaults.applied} (Ember's default)" if omp_defaults.applied else
+                os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT") or "libgomp default")
+        logger.info("init device: cpu, %d intra-op threads; OpenMP idle spin: %s", threads, spin)
 
     def load_model(self) -> ModelRunner | DecoderModelRunner:
         """The runner follows the model's kind: decoders with an LM head get the KV-cache runner."""
