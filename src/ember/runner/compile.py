@@ -97,6 +97,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "ember" / f"torch-{torch.__version__}"
 
 
+def resolve_cache_dir(configured: str | None) -> str:
+    """The compile cache folder: the configured one, the default when None, "" when turned off."""
+    return configured if configured is not None else str(default_cache_dir())
+
+
 @contextlib.contextmanager
 def inductor_settings(cache_dir: str | None) -> Iterator[None]:
     """Inductor flags for the compile, applied only while compiling (vLLM does the same)."""

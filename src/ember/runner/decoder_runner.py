@@ -32,9 +32,9 @@ from ember.runner.batch import Batch
 from ember.runner.compile import (
     MIN_DIM,
     CompileCounter,
-    default_cache_dir,
     inductor_settings,
     is_recompile_refusal,
+    resolve_cache_dir,
 )
 from ember.runner.decoder_plan import DecoderShapePlan
 from ember.runner.device import resolve_dtype
@@ -94,8 +94,7 @@ class DecoderModelRunner:
         )
 
     def _cache_dir(self) -> str:
-        cc = self.config.compile_config
-        return cc.compile_cache_dir if cc.compile_cache_dir is not None else str(default_cache_dir())
+        return resolve_cache_dir(self.config.compile_config.compile_cache_dir)
 
     @torch.inference_mode()
     def profile_run(self) -> tuple[float, int]:

@@ -15,7 +15,7 @@ from ember.model.pooler import Pooler, postprocess
 from ember.model.sources import resolve_model_path
 from ember.runner.aot_package import load_or_compile, package_key
 from ember.runner.batch import Batch
-from ember.runner.compile import CompileCounter, ShapePlan, default_cache_dir
+from ember.runner.compile import CompileCounter, ShapePlan, resolve_cache_dir
 from ember.runner.device import resolve_dtype
 from ember.tokenizer import TextTokenizer
 
@@ -135,8 +135,7 @@ class ModelRunner:
 
     def _cache_dir(self) -> Path | None:
         """Where compiled packages and int8 layers are stored; None when caching is off ("")."""
-        configured = self.config.compile_config.compile_cache_dir
-        cache_dir = configured if configured is not None else str(default_cache_dir())
+        cache_dir = resolve_cache_dir(self.config.compile_config.compile_cache_dir)
         return Path(cache_dir) if cache_dir else None
 
     def _cache_key(self, variant: str | None) -> str:
