@@ -101,11 +101,9 @@ class ModelRunner:
                 logger.info("int8: layers loaded from %s; min cosine vs float32 on the probe set %.4f (gate %.3f)",
                             path, measured, min_cosine)
                 return
-        from ember.bench import corpus
         from ember.runner.memory import release_free_memory
 
-        texts = corpus.load("short", 576) + corpus.load("passages", 80)
-        calibration, probe = texts[:512] + texts[576:640], texts[512:576] + texts[640:]
+        calibration, probe = quantize.calibration_and_probe_texts()
         reference = self._embed_eagerly(probe)
         captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_eagerly(calibration))
         replaced = quantize.quantize_int8(self.model, captured)
