@@ -131,11 +131,17 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)  # [batch, seq, hidden]
-        mask = padding_mask(attention_mask)
+        x, mask = self.embed(input_ids, attention_mask, token_type_ids)
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every layer takes: the embedded tokens [batch, seq, hidden] and the attention mask.
+        (The compiled path runs this eagerly, then one compiled graph per layer: aot_package.py.)"""
+        return self.embeddings(input_ids, token_type_ids), padding_mask(attention_mask)
 
     def convert_checkpoint(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """HF checkpoint names -> this module's names, fusing q/k/v."""

@@ -1,7 +1,13 @@
 """Ahead-of-time compiled encoder graphs: torch.export + AOTInductor, cached on disk.
 
 The encoder is exported once with dynamic (batch, seq) dimensions over the whole shape plan
-and compiled by AOTInductor into a .pt2 package. A package holds no Python-level compiler:
+and compiled by AOTInductor into a .pt2 package. When its layers all have one structure (BERT and
+RoBERTa, float or int8), only one layer is compiled, and the package runs once per layer, each
+time with that layer's weights; the embeddings run eagerly before it. The build's cost is mostly
+per graph, not per layer: on MiniLM (6 layers) compiling one layer instead of the model takes the
+build from 12.9 to 9.0 s (float32) and from 23.4 to 11.1 s (int8). The price, measured on one
+9-token text: 2.55-2.68 ms instead of 2.33-2.35 (eager embeddings ~120 us, ~20 us more per layer
+call); batches of 32 are within 1-2%. A package holds no Python-level compiler:
 calling it can never trigger a compile, so "zero compiles after ready" holds by construction,
 and a warm restart loads the package in well under a second.
 
@@ -31,7 +37,7 @@ import torch
 import torch._inductor
 
 from ember.runner.aoti_build import build_fast
-from ember.runner.aoti_runner import AOTIRunner
+from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
 
@@ -77,10 +83,27 @@ def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, ar
     return digest.hexdigest()[:24]
 
 
+def layer_stack(model: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The model's layers if one compiled graph can serve them all: the model has `embed` (what
+    the layers take) and its layers have the same tensors (names, shapes, dtypes). Else None."""
+    layers = getattr(model, "layers", None)
+    if not hasattr(model, "embed") or not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        return None
+
+    def structure(layer: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        tensors = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+        return [(name, tuple(t.shape), t.dtype) for name, t in sorted(tensors.items())]
+
+    first = structure(layers[0])
+    return list(layers) if all(structure(layer) == first for layer in layers[1:]) else None
+
+
 def load_or_compile(
     model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int
 ) -> CompiledGraph:
     """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored)."""
+    layers = layer_stack(model)
+    key = f"{'layer' if layers else 'model'}-{key}"
     if cache_dir is not None:
         path = cache_dir / f"encoder-{key}.pt2"
         if path.is_file():
@@ -114,10 +137,19 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     seq_max = max(plan.max_seq, 3)
     b, s = 3, (11 if seq_max >= 11 else (seq_max if seq_max != 3 else 2))
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
+    dynamic: tuple[dict[int, torch.export.Dim], ...] = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    graph = model
+    layers = layer_stack(model)
+    if layers is not None:  # one layer, on what the embeddings give it
+        graph = layers[0]
+        with torch.no_grad():
+            hidden, mask = model.embed(*example)
+        example = (hidden, mask)
+        dynamic = ({0: batch, 1: seq}, {0: batch, mask.dim() - 1: seq})
 
     def export() -> torch.export.ExportedProgram:
         with torch.inference_mode(False), torch.no_grad():
-            return torch.export.export(model, example, dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
+            return torch.export.export(graph, example, dynamic_shapes=dynamic)
 
     def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
@@ -125,6 +157,22 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     build_fast(compile_package, export)
 
 
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
 def _load(path: Path, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
     """Load the package and hand it the model's weights (shared, not copied)."""
-    return AOTIRunner(path, {**dict(model.named_parameters()), **dict(model.named_buffers())})
+    layers = layer_stack(model)
+    if layers is None:
+        return AOTIRunner(path, _tensors(model))
+    library = load_shared_object(path)
+    runners = [AOTIRunner(path, _tensors(layer), library) for layer in layers]
+    embed = model.embed
+
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden, mask = embed(input_ids, attention_mask)
+        for layer in runners:
+            hidden = layer(hidden, mask)
+        return hidden
+    return run

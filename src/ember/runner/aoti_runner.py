@@ -39,8 +39,9 @@ class _ConstantEntry(ctypes.Structure):
 class AOTIRunner:
     """The compiled model of one .pt2 package, with `tensors` (by FQN) as its weights."""
 
-    def __init__(self, package: Path, tensors: Mapping[str, torch.Tensor]) -> None:
-        self._lib = _load_shared_object(package)
+    def __init__(self, package: Path, tensors: Mapping[str, torch.Tensor], library: ctypes.CDLL | None = None) -> None:
+        # One loaded library serves any number of containers, each with its own constants.
+        self._lib = library if library is not None else load_shared_object(package)
         self._container = ctypes.c_void_p()
         self._check(self._lib.AOTInductorModelContainerCreateWithDevice(
             ctypes.byref(self._container), ctypes.c_size_t(1), b"cpu", None), "create")
@@ -113,7 +114,7 @@ def _pointer(capsule: object) -> int:
     return _capsule_pointer(capsule, None)
 
 
-def _load_shared_object(package: Path) -> ctypes.CDLL:
+def load_shared_object(package: Path) -> ctypes.CDLL:
     """dlopen the package's model .so (unpacked to a scratch folder, removed once it is mapped)."""
     with zipfile.ZipFile(package) as archive:
         member = next((n for n in archive.namelist() if n.endswith(".so")), None)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,12 +199,15 @@ def smoothing_scale(linear: nn.Linear, channel_max: torch.Tensor, alpha: float |
 
 
 @torch.inference_mode()
-def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear, float | None, float]:
-    """The Int8Linear (and its alpha, relative output error) closest to `linear` on the samples."""
+def best_int8_linear(linear: nn.Linear, seen: LinearInputs,
+                     num_outliers: int | None = None) -> tuple[Int8Linear, float | None, float]:
+    """The Int8Linear (and its alpha, relative output error) closest to `linear` on the samples;
+    with `num_outliers`, that many outlier channels (the largest), else outlier_channels'."""
     x = torch.cat(seen.samples)
     reference = linear(x.to(linear.weight.dtype)).float()
     best: tuple[Int8Linear, float | None, float] | None = None
-    outliers = outlier_channels(seen.channel_max)
+    outliers = (outlier_channels(seen.channel_max) if num_outliers is None
+                else seen.channel_max.topk(num_outliers).indices)
     for alpha in SMOOTHING_ALPHAS:
         candidate = Int8Linear.from_float(linear, smoothing_scale(linear, seen.channel_max, alpha), outliers)
         error = float((candidate(x) - reference).norm() / reference.norm().clamp(min=1e-12))
@@ -214,14 +218,26 @@ def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear,
 
 
 def quantize_int8(model: nn.Module, captured: dict[str, LinearInputs]) -> int:
-    """Replace every calibrated nn.Linear by its best Int8Linear, in place; returns how many."""
+    """Replace every calibrated nn.Linear by its best Int8Linear, in place; returns how many.
+    The linears at one place in every layer get the same number of outlier channels (the most
+    any of them has), so that the layers keep one structure and share one compiled graph."""
+    counts: dict[str, int] = {}
+    for name, seen in captured.items():
+        place = _place_in_layer(name)
+        counts[place] = max(counts.get(place, 0), len(outlier_channels(seen.channel_max)))
+
     def quantize(name: str, linear: nn.Linear) -> nn.Module | None:
         if name not in captured:
             return None
-        quantized, alpha, error = best_int8_linear(linear, captured[name])
+        quantized, alpha, error = best_int8_linear(linear, captured[name], counts[_place_in_layer(name)])
         logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
         return quantized
     return _swap_linears(model, quantize)
+
+
+def _place_in_layer(name: str) -> str:
+    """'layers.3.ffn_in' -> 'layers.#.ffn_in': the same linear in every layer."""
+    return re.sub(r"\.\d+\.", ".#.", name)
 
 
 def _swap_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
