@@ -114,7 +114,7 @@ def test_unsupported_st_module(tiny_bert, tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "param"), [({"dtype": "float16"}, "dtype"), ({"max_num_seqs": 0}, "max_num_seqs"),
-                                               ({"seed": "x"}, "seed")])
+                                               ({"seed": "x"}, "seed"), ({"compile_scope": "graph"}, "compile_scope")])
 def test_bad_engine_config(kwargs, param):
     with pytest.raises(InvalidRequestError) as info:
         LLM("sentence-transformers/all-MiniLM-L6-v2", **kwargs)

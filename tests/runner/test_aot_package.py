@@ -39,12 +39,13 @@ def test_a_cached_package_runs_with_the_weights_of_the_model_it_is_loaded_with(t
 
 @torch.inference_mode()
 def test_one_compiled_layer_serves_every_layer_and_unlike_layers_compile_whole(tiny_bert, tmp_path):
-    """BERT's layers share one structure: one layer is compiled and run once per layer with that
-    layer's weights. A model whose layers differ is compiled whole. Both compute the eager model."""
+    """compile_scope="layer": BERT's layers share one structure, so one layer is compiled and run
+    once per layer with that layer's weights. A model whose layers differ is compiled whole. Both
+    compute what the eager model does."""
     folder = ModelFolder.read(tiny_bert)
     model = build_model(folder, torch.float32)
     assert layer_stack(model) is not None and len(model.layers) > 1
-    per_layer = load_or_compile(model, PLAN, tmp_path, "key", pad_id=0)
+    per_layer = load_or_compile(model, PLAN, tmp_path, "key", pad_id=0, per_layer=True)
     assert per_layer.path is not None and per_layer.path.name.startswith("encoder-layer-")
     ids, mask = _inputs()
     torch.testing.assert_close(per_layer.run(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-4)
@@ -52,7 +53,7 @@ def test_one_compiled_layer_serves_every_layer_and_unlike_layers_compile_whole(t
     unlike = build_model(folder, torch.float32)
     unlike.layers[1].register_buffer("extra", torch.zeros(2))  # one layer with one more tensor
     assert layer_stack(unlike) is None
-    whole = load_or_compile(unlike, PLAN, tmp_path, "key", pad_id=0)
+    whole = load_or_compile(unlike, PLAN, tmp_path, "key", pad_id=0, per_layer=True)
     assert not whole.from_cache and whole.path is not None and whole.path.name.startswith("encoder-model-")
     torch.testing.assert_close(whole.run(ids, mask), unlike(ids, mask), atol=1e-5, rtol=1e-4)
 

@@ -62,14 +62,18 @@ def test_int8_tiny_model_serves_every_batch_size(tiny_bert):
     assert llm.stats()["compiles_after_ready"] == 0
 
 
-def test_int8_compiled_matches_int8_eager(tiny_bert):
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_int8_compiled_matches_int8_eager(tiny_bert, tmp_path, scope):
     """The AOT-compiled int8 graph computes what the eager int8 model does (only values on a
-    rounding boundary may land one int8 step apart)."""
+    rounding boundary may land one int8 step apart). Per layer too: the int8 layers keep one
+    structure (the same number of float32 outlier channels at one place in every layer)."""
     texts = [("quick brown fox " * n).strip() for n in range(1, 9)]
-    compiled = LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=0.5, **SMALL)
+    compiled = LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=0.5, compile_scope=scope,
+                   compile_cache_dir=str(tmp_path), **SMALL)
     eager = LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=0.5, enforce_eager=True, **SMALL)
     ours, ref = _vectors(compiled, texts), _vectors(eager, texts)
     assert compiled.stats()["is_compiled"] and not eager.stats()["is_compiled"]
+    assert len(list(tmp_path.glob(f"encoder-{scope}-*.pt2"))) == 1
     assert ((ours * ref).sum(axis=1) >= 0.999).all()
 
 

@@ -57,6 +57,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
+    parser.add_argument("--compile-scope", choices=["model", "layer"], default="model",
+                        help="encoders: compile the whole model, or one layer run once per layer "
+                             "(shorter first start, ~0.3 ms more per call)")
     parser.add_argument("--memory-limit", type=_positive_int, help="resident memory budget in bytes")
     parser.add_argument("--kv-cache-memory", type=_positive_int, help="KV-cache budget in bytes (decoders)")
     parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.25,
@@ -79,6 +82,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "threads": args.threads,
         "compile_cache_dir": args.compile_cache_dir,
+        "compile_scope": args.compile_scope,
         "memory_limit": args.memory_limit,
         "kv_cache_memory": args.kv_cache_memory,
         "kv_cache_memory_fraction": args.kv_cache_memory_fraction,

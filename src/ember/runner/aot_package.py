@@ -1,13 +1,15 @@
 """Ahead-of-time compiled encoder graphs: torch.export + AOTInductor, cached on disk.
 
 The encoder is exported once with dynamic (batch, seq) dimensions over the whole shape plan
-and compiled by AOTInductor into a .pt2 package. When its layers all have one structure (BERT and
-RoBERTa, float or int8), only one layer is compiled, and the package runs once per layer, each
-time with that layer's weights; the embeddings run eagerly before it. The build's cost is mostly
-per graph, not per layer: on MiniLM (6 layers) compiling one layer instead of the model takes the
-build from 12.9 to 9.0 s (float32) and from 23.4 to 11.1 s (int8). The price, measured on one
-9-token text: 2.55-2.68 ms instead of 2.33-2.35 (eager embeddings ~120 us, ~20 us more per layer
-call); batches of 32 are within 1-2%. A package holds no Python-level compiler:
+and compiled by AOTInductor into a .pt2 package. With `compile_scope="layer"`, when the layers
+all have one structure (BERT and RoBERTa, float or int8), only one layer is compiled, and the
+package runs once per layer, each time with that layer's weights; the embeddings run eagerly
+before it. The build's cost is mostly per graph, not per layer: on MiniLM (6 layers) this takes
+the build from 12.9 to 9.0 s (float32) and from 23.4 to 11.1 s (int8). The price, measured on
+one 9-token text: 2.55-2.68 ms instead of 2.33-2.35 (eager embeddings, and ~40 us more per layer
+call inside AOTInductor's run, not in Python: handing one call's output handle straight to the
+next saved nothing); batches of 32 within 1-4%. So the whole model stays the default.
+A package holds no Python-level compiler:
 calling it can never trigger a compile, so "zero compiles after ready" holds by construction,
 and a warm restart loads the package in well under a second.
 
@@ -99,24 +101,27 @@ def layer_stack(model: torch.nn.Module) -> list[torch.nn.Module] | None:
 
 
 def load_or_compile(
-    model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int
+    model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int, per_layer: bool = False
 ) -> CompiledGraph:
-    """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored)."""
-    layers = layer_stack(model)
+    """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored).
+    per_layer: compile one layer (run once per layer) if the layers allow it, else the model."""
+    layers = layer_stack(model) if per_layer else None
+    if per_layer and layers is None:
+        logger.info("the model's layers differ in structure: compiling the whole model")
     key = f"{'layer' if layers else 'model'}-{key}"
     if cache_dir is not None:
         path = cache_dir / f"encoder-{key}.pt2"
         if path.is_file():
             start = time.perf_counter()
             try:
-                run = _load(path, model)
+                run = _load(path, model, layers)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable package: rebuild it
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ember-aoti-") as scratch:
         target = Path(scratch) / "encoder.pt2"
-        _export_and_compile(model, plan, target, pad_id)
+        _export_and_compile(model, layers, plan, target, pad_id)
         compile_s = time.perf_counter() - start
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -124,12 +129,13 @@ def load_or_compile(
             os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
             target = final
         load_start = time.perf_counter()
-        run = _load(target, model)
+        run = _load(target, model, layers)
         return CompiledGraph(run, compile_s, time.perf_counter() - load_start, False,
                              target if cache_dir is not None else None)
 
 
-def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, pad_id: int) -> None:
+def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | None, plan: ShapePlan, target: Path,
+                        pad_id: int) -> None:
     # The bounds cover the example below even for a plan smaller than it.
     batch = torch.export.Dim("batch", min=EXPORT_MIN_DIM, max=max(plan.max_batch, 3))
     seq = torch.export.Dim("seq", min=EXPORT_MIN_DIM, max=max(plan.max_seq, 3))
@@ -139,7 +145,6 @@ def _export_and_compile(model: torch.nn.Module, plan: ShapePlan, target: Path, p
     example = (torch.full((b, s), pad_id, dtype=torch.int64), torch.ones(b, s, dtype=torch.int64))
     dynamic: tuple[dict[int, torch.export.Dim], ...] = ({0: batch, 1: seq}, {0: batch, 1: seq})
     graph = model
-    layers = layer_stack(model)
     if layers is not None:  # one layer, on what the embeddings give it
         graph = layers[0]
         with torch.no_grad():
@@ -161,9 +166,8 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
-def _load(path: Path, model: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    """Load the package and hand it the model's weights (shared, not copied)."""
-    layers = layer_stack(model)
+def _load(path: Path, model: torch.nn.Module, layers: list[torch.nn.Module] | None) -> Callable[..., torch.Tensor]:
+    """Load the package and hand it the model's (or each layer's) weights (shared, not copied)."""
     if layers is None:
         return AOTIRunner(path, _tensors(model))
     library = load_shared_object(path)

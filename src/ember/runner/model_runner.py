@@ -145,7 +145,8 @@ class ModelRunner:
         returns the seconds spent compiling and loading."""
         cache_dir = self._cache_dir()
         key = self._cache_key(self.config.model_config.quantization)
-        graph = load_or_compile(self.model, self.plan, cache_dir, key, self.pad_id)
+        graph = load_or_compile(self.model, self.plan, cache_dir, key, self.pad_id,
+                                per_layer=self.config.compile_config.compile_scope == "layer")
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
