@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
+from ember import LLM
 from ember.model.loader import ModelFolder, build_model
 from ember.runner.aot_package import layer_stack, load_or_compile
 from ember.runner.compile import ShapePlan
@@ -56,6 +59,20 @@ def test_one_compiled_layer_serves_every_layer_and_unlike_layers_compile_whole(t
     whole = load_or_compile(unlike, PLAN, tmp_path, "key", pad_id=0, per_layer=True)
     assert not whole.from_cache and whole.path is not None and whole.path.name.startswith("encoder-model-")
     torch.testing.assert_close(whole.run(ids, mask), unlike(ids, mask), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("fixture", "built"), [("tiny_xlmr", "layer"), ("tiny_qwen3_embedder", "model")])
+def test_compile_scope_layer_serves_what_the_whole_model_does(fixture, built, request, tmp_path):
+    """Through the engine: RoBERTa (position offsets in the eager embeddings) runs one compiled
+    layer; a Llama-style embedder, which has no `embed`, falls back to the whole model."""
+    path = str(request.getfixturevalue(fixture))
+    texts = ["a short one", "and a longer text " * 6, "x"]
+    whole = LLM(path, compile_cache_dir=str(tmp_path / "model"), max_num_seqs=4)
+    per_layer = LLM(path, compile_cache_dir=str(tmp_path / "layer"), compile_scope="layer", max_num_seqs=4)
+    vectors = [np.stack([o.outputs.data for o in llm.embed(texts)]) for llm in (whole, per_layer)]
+    np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5, rtol=1e-4)
+    assert len(list((tmp_path / "layer").rglob(f"encoder-{built}-*.pt2"))) == 1
+    assert per_layer.stats()["is_compiled"] and per_layer.stats()["compiles_after_ready"] == 0
 
 
 @torch.inference_mode()
