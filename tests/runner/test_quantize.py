@@ -164,3 +164,11 @@ def test_cli_rejects_an_unknown_quantization():
     result = subprocess.run([sys.executable, "-m", "ember.entrypoints.cli", "embed", "--quantization", "int4"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "int4" in result.stderr
+
+
+def test_calibration_embeds_in_the_texts_order(tiny_bert):
+    """The calibration path batches texts by length; its vectors still come back in input order."""
+    llm = LLM(str(tiny_bert), enforce_eager=True, **SMALL)
+    texts = ["a much longer text than the others, " * 4, "short", "a medium text here", "x", "medium again"]
+    ours = llm.engine.runner._embed_eagerly(texts).numpy()
+    np.testing.assert_allclose(ours, _vectors(llm, texts), atol=1e-5)
