@@ -38,10 +38,10 @@ class RowRequest:
 class ModelRunner:
     """Loads the model and runs batches. Called only by the worker and the engine loop."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
         self.config = config
         mc = config.model_config
-        self.folder = ModelFolder.read(resolve_model_path(mc.model))
+        self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
         self.dtype = torch.float32 if mc.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.info = self._model_info()

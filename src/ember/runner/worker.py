@@ -92,7 +92,7 @@ class Worker:
                     param="quantization")
             self.runner = DecoderModelRunner(self.config, folder)
         else:
-            self.runner = ModelRunner(self.config)
+            self.runner = ModelRunner(self.config, folder)
         logger.info("loaded %s from %s in %.2f s", self.runner.info.architecture, self.runner.folder.path,
                     time.perf_counter() - start)
         return self.runner
