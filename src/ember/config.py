@@ -26,10 +26,12 @@ class ModelConfig:
     """Longest sequence in tokens (special tokens included). Default: the model's limit."""
     seed: int = 0
     """Seed applied to every random generator after warm-up (python, numpy, torch)."""
-    quantization: str | None = None
+    quantization: str | None = "auto"
     """"int8": int8 linears on per-token int8 activations (runner/quantize.py), compiled like the
-    float32 model; refused at load below quantization_min_cosine."""
-    quantization_min_cosine: float = 0.99
+    float32 model; refused at startup below quantization_min_cosine. "auto": int8 where the CPU
+    has int8 dot products (VNNI), the dtype is "auto" and the model compiles, falling back to float
+    below quantization_min_cosine; else float. None: float (dtype)."""
+    quantization_min_cosine: float = 0.999
     """The int8 model's lowest cosine against float32 on the built-in probe set must reach this."""
     pooler_config: dict[str, Any] | None = None
     """Overrides of the model's pooling: {"pooling_type": "MEAN", "normalize": true}."""
@@ -56,10 +58,11 @@ class CompileConfig:
     compile_cache_dir: str | None = None
     """Folder of the on-disk compile cache. None: the default under the user's cache dir;
     "" turns the disk cache off."""
-    compile_scope: str = "model"
+    compile_scope: str = "auto"
     """Encoders: "model" compiles the whole model into one graph; "layer" compiles one layer and
     runs it once per layer (when the layers share one structure): a first start ~4 s shorter on
-    MiniLM (12 s in int8, more for deeper models), for ~0.3 ms more per call (BENCHMARKS.md)."""
+    MiniLM (12 s in int8, more for deeper models), for ~0.3 ms more per call (BENCHMARKS.md).
+    "auto": "layer" for int8 (whose first start must also calibrate), else "model"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +119,14 @@ class EngineConfig:
             raise InvalidRequestError(
                 f"dtype must be one of auto, float32, bfloat16; got {m.dtype!r}", param="dtype"
             )
-        if m.quantization not in (None, "int8"):
-            raise InvalidRequestError(f"quantization must be 'int8' or None, got {m.quantization!r}",
+        if m.quantization not in (None, "int8", "auto"):
+            raise InvalidRequestError(f"quantization must be 'auto', 'int8' or None, got {m.quantization!r}",
                                       param="quantization")
-        if m.quantization and m.dtype == "bfloat16":
+        if m.quantization == "int8" and m.dtype == "bfloat16":
             raise InvalidRequestError("quantization='int8' quantizes the float32 model; use dtype 'auto' or "
                                       "'float32'", param="dtype")
-        if self.compile_config.compile_scope not in ("model", "layer"):
-            raise InvalidRequestError(f"compile_scope must be 'model' or 'layer', got "
+        if self.compile_config.compile_scope not in ("auto", "model", "layer"):
+            raise InvalidRequestError(f"compile_scope must be 'auto', 'model' or 'layer', got "
                                       f"{self.compile_config.compile_scope!r}", param="compile_scope")
         if not isinstance(m.quantization_min_cosine, (int, float)) or not 0 < m.quantization_min_cosine <= 1:
             raise InvalidRequestError(f"quantization_min_cosine must be in (0, 1], got {m.quantization_min_cosine!r}",

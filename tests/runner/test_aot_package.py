@@ -67,8 +67,9 @@ def test_compile_scope_layer_serves_what_the_whole_model_does(fixture, built, re
     layer; a Llama-style embedder, which has no `embed`, falls back to the whole model."""
     path = str(request.getfixturevalue(fixture))
     texts = ["a short one", "and a longer text " * 6, "x"]
-    whole = LLM(path, compile_cache_dir=str(tmp_path / "model"), max_num_seqs=4)
-    per_layer = LLM(path, compile_cache_dir=str(tmp_path / "layer"), compile_scope="layer", max_num_seqs=4)
+    kwargs = {"quantization": None, "max_num_seqs": 4}  # float: what compile_scope alone changes
+    whole = LLM(path, compile_cache_dir=str(tmp_path / "model"), compile_scope="model", **kwargs)
+    per_layer = LLM(path, compile_cache_dir=str(tmp_path / "layer"), compile_scope="layer", **kwargs)
     vectors = [np.stack([o.outputs.data for o in llm.embed(texts)]) for llm in (whole, per_layer)]
     np.testing.assert_allclose(vectors[1], vectors[0], atol=1e-5, rtol=1e-4)
     assert len(list((tmp_path / "layer").rglob(f"encoder-{built}-*.pt2"))) == 1

@@ -11,6 +11,7 @@ import torch
 
 from ember import LLM
 from ember.errors import InvalidRequestError
+from ember.runner.device import cpu_flags
 from ember.runner.quantize import (
     MAX_OUTLIERS,
     SMOOTHING_ALPHAS,
@@ -18,7 +19,10 @@ from ember.runner.quantize import (
     LinearInputs,
     QuantizationQualityError,
     best_int8_linear,
-    outlier_channels,
+    capture_linear_inputs,
+    int8_template,
+    quantize_int8,
+    resolve_quantization,
     smoothing_scale,
 )
 from tests.texts import varied_texts
@@ -88,7 +92,7 @@ def test_int8_linear_tracks_float32_on_inputs_with_outliers():
     seen = LinearInputs()
     seen.add(x, torch.Generator().manual_seed(0))
     quantized, alpha, error = best_int8_linear(linear, seen)
-    assert quantized.outlier_index.tolist() == [3]  # and only it: the other channels are ~1x the median
+    assert quantized.outlier_index.tolist()[0] == 3 and len(quantized.outlier_index) == MAX_OUTLIERS  # highest first
     with torch.no_grad():
         reference = linear(x)
         relative = (quantized(x) - reference).norm(dim=1) / reference.norm(dim=1)
@@ -101,13 +105,67 @@ def test_int8_linear_tracks_float32_on_inputs_with_outliers():
     assert quantized.weight_int8.dtype == torch.int8
 
 
-def test_outlier_channels_are_those_far_above_the_median():
-    peaks = torch.ones(100)
-    peaks[[7, 42]] = torch.tensor([20.0, 3.5])
-    assert outlier_channels(peaks).tolist() == [7, 42]
-    peaks[:10] = torch.arange(10, 20.0)  # 11 candidates, more than MAX_OUTLIERS: the largest ones
-    assert outlier_channels(peaks).tolist() == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0][:MAX_OUTLIERS]
-    assert outlier_channels(torch.ones(100)).numel() == 0
+def test_the_int8_template_has_the_structure_calibration_gives(tiny_bert):
+    """The graph is built from int8_template while calibration runs, then given the calibrated
+    layers' tensors: both must have the same tensor names, shapes and dtypes."""
+    llm = LLM(str(tiny_bert), dtype="float32", enforce_eager=True, **SMALL)
+    runner = llm.engine.runner
+    template = int8_template(runner.model)
+    captured = capture_linear_inputs(runner.model, lambda: runner._embed_texts(["quick brown fox", "a dog " * 9]))
+    assert quantize_int8(runner.model, captured) == len(captured) > 0
+
+    def structure(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        return [(name, tuple(t.shape), t.dtype) for name, t in sorted(tensors.items())]
+    assert structure(template) == structure(runner.model)
+    assert any(isinstance(m, Int8Linear) for m in template.modules())
+
+
+@pytest.mark.parametrize(("requested", "dtype", "eager", "flags", "expected"), [
+    ("auto", "auto", False, {"avx512f", "avx512_vnni"}, "int8"),
+    ("auto", "auto", False, {"avx2", "avx_vnni"}, "int8"),
+    ("auto", "auto", False, {"avx2", "avx512f"}, None),  # no int8 dot products: float
+    ("auto", "float32", False, {"avx512_vnni"}, None),  # a dtype asked for: that dtype
+    ("auto", "bfloat16", False, {"avx512_vnni"}, None),
+    ("auto", "auto", True, {"avx512_vnni"}, None),  # eager int8 is no faster
+    ("int8", "auto", True, set(), "int8"),  # asked for: as asked
+    (None, "auto", False, {"avx512_vnni"}, None),
+])
+def test_what_auto_quantization_picks(requested, dtype, eager, flags, expected):
+    assert resolve_quantization(requested, dtype, eager, flags) == expected
+    assert resolve_quantization(requested, dtype, eager, flags, model_allows=False) == (
+        None if requested == "auto" else requested)
+
+
+def test_auto_keeps_llama_style_embedders_in_float(tiny_qwen3_embedder):
+    """Only the architectures measured in int8 (BERT, RoBERTa) get it by default."""
+    llm = LLM(str(tiny_qwen3_embedder), max_num_seqs=4)
+    assert llm.stats()["quantization"] is None and llm.stats()["dtype"] in ("float32", "bfloat16")
+
+
+def test_the_default_is_int8_where_the_cpu_has_int8_dot_products(tiny_bert):
+    llm = LLM(str(tiny_bert), quantization_min_cosine=0.5, **SMALL)
+    int8 = resolve_quantization("auto", "auto", False, cpu_flags()) == "int8"
+    stats = llm.stats()
+    assert stats["quantization"] == ("int8" if int8 else None)
+    assert (stats["quantization_min_cosine_measured"] is not None) == int8
+    assert stats["is_compiled"] and stats["compiles_after_ready"] == 0
+
+
+def test_auto_falls_back_to_float_when_int8_misses_the_gate(tiny_bert, caplog):
+    """quantization="auto" was not asked for by the user: below the gate it runs the float model
+    (with a warning), where quantization="int8" refuses to start."""
+    texts = ["quick brown fox", "jumps over the lazy dog " * 5]
+    with caplog.at_level("WARNING", logger="ember.runner.model_runner"):
+        llm = LLM(str(tiny_bert), quantization_min_cosine=1.0, **SMALL)
+    stats = llm.stats()
+    assert stats["quantization"] is None and stats["quantization_min_cosine_measured"] is None
+    assert stats["dtype"] in ("float32", "bfloat16") and stats["compiles_after_ready"] == 0
+    if resolve_quantization("auto", "auto", False, cpu_flags()) == "int8":
+        assert "running the float model instead" in caplog.text
+    reference = LLM(str(tiny_bert), dtype=stats["dtype"], enforce_eager=True, **SMALL)
+    ours, ref = _vectors(llm, texts), _vectors(reference, texts)
+    assert ((ours * ref).sum(axis=1) >= (0.9999 if stats["dtype"] == "float32" else 0.99)).all()
 
 
 def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_path, caplog):
@@ -170,5 +228,5 @@ def test_calibration_embeds_in_the_texts_order(tiny_bert):
     """The calibration path batches texts by length; its vectors still come back in input order."""
     llm = LLM(str(tiny_bert), enforce_eager=True, **SMALL)
     texts = ["a much longer text than the others, " * 4, "short", "a medium text here", "x", "medium again"]
-    ours = llm.engine.runner._embed_eagerly(texts).numpy()
+    ours = llm.engine.runner._embed_texts(texts).numpy()
     np.testing.assert_allclose(ours, _vectors(llm, texts), atol=1e-5)

@@ -54,11 +54,13 @@ def test_compilation_times_reported(engines):
     assert compiled.stats()["num_warmed_shapes"] >= 4
 
 
-@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
-def test_rng_state_at_ready_equals_a_freshly_seeded_one(tiny_bert, enforce_eager):
+@pytest.mark.parametrize("options", [{"enforce_eager": True}, {}, {"quantization": "int8"}],
+                         ids=["eager", "compiled", "int8-calibrated-while-compiling"])
+def test_rng_state_at_ready_equals_a_freshly_seeded_one(tiny_bert, options):
     torch.manual_seed(999)  # whatever the caller did before must not matter
     random.seed(999)
-    LLM(str(tiny_bert), seed=7, enforce_eager=enforce_eager, **PLAN)
+    plan = {**PLAN, "dtype": "auto", "quantization_min_cosine": 0.5} if options.get("quantization") else PLAN
+    LLM(str(tiny_bert), seed=7, **options, **plan)
     at_ready = current_states()
     first_draw = torch.rand(4)
     expected = fresh_states(7)

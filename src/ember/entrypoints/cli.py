@@ -50,16 +50,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="padded-token budget of one batch (default: 2048 for encoders, 8192 for decoders)")
     parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
-    parser.add_argument("--quantization", choices=["int8"], default=None,
-                        help="int8: int8 linears on per-token int8 activations, refused at startup below --quantization-min-cosine")
-    parser.add_argument("--quantization-min-cosine", type=float, default=0.99,
+    parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
+                        help="int8: int8 linears on per-token int8 activations, refused at startup below "
+                             "--quantization-min-cosine; auto (default): int8 where the CPU has VNNI and --dtype is "
+                             "auto, float if int8 misses that bar; none: float (--dtype)")
+    parser.add_argument("--quantization-min-cosine", type=float, default=0.999,
                         help="lowest cosine vs float32 the int8 model must reach on the built-in probe set")
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
-    parser.add_argument("--compile-scope", choices=["model", "layer"], default="model",
+    parser.add_argument("--compile-scope", choices=["auto", "model", "layer"], default="auto",
                         help="encoders: compile the whole model, or one layer run once per layer "
-                             "(shorter first start, ~0.3 ms more per call)")
+                             "(shorter first start, ~0.3 ms more per call); auto: layer for int8, else model")
     parser.add_argument("--memory-limit", type=_positive_int, help="resident memory budget in bytes")
     parser.add_argument("--kv-cache-memory", type=_positive_int, help="KV-cache budget in bytes (decoders)")
     parser.add_argument("--kv-cache-memory-fraction", type=float, default=0.25,
@@ -77,7 +79,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "enforce_eager": args.enforce_eager,
-        "quantization": args.quantization,
+        "quantization": None if args.quantization == "none" else args.quantization,
         "quantization_min_cosine": args.quantization_min_cosine,
         "seed": args.seed,
         "threads": args.threads,

@@ -113,6 +113,9 @@ class BertModel(nn.Module):
 
     position_offset_from_pad = False
     checkpoint_prefixes = ("bert.", "model.")
+    int8_by_default = True
+    """quantization="auto" may pick int8: measured on all-MiniLM-L6-v2 (BENCHMARKS.md), and the
+    layers compile as one graph, which keeps the first start short."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()

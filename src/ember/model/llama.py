@@ -265,6 +265,8 @@ class LlamaModel(LlamaForCausalLM):
     """The decoder without an LM head: LAST-token embedders (Qwen3-Embedding, e5-mistral)."""
 
     has_lm_head = False
+    int8_by_default = False
+    """Not measured in int8, and compiled whole: quantization="auto" keeps them in float."""
 
 
 _LAYER_NAMES = {

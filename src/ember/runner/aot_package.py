@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,37 +102,79 @@ def layer_stack(model: torch.nn.Module) -> list[torch.nn.Module] | None:
 
 
 def load_or_compile(
-    model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int, per_layer: bool = False
+    model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int, per_layer: bool = False,
+    template: torch.nn.Module | None = None, meanwhile: Callable[[], None] | None = None,
 ) -> CompiledGraph:
     """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored).
-    per_layer: compile one layer (run once per layer) if the layers allow it, else the model."""
-    layers = layer_stack(model) if per_layer else None
+    per_layer: compile one layer (run once per layer) if the layers allow it, else the model.
+    template, meanwhile: `model` is not final yet; `meanwhile` (run in this thread) makes it final,
+    and `template` already has its final structure (the same tensor names, shapes and dtypes). The
+    package is then built from the template in a background thread while `meanwhile` runs, and
+    loaded with the model's own tensors once both are done (the package holds no weights)."""
+    source = template if template is not None else model
+    layers = layer_stack(source) if per_layer else None
     if per_layer and layers is None:
         logger.info("the model's layers differ in structure: compiling the whole model")
     key = f"{'layer' if layers else 'model'}-{key}"
+    pending = [meanwhile] if meanwhile is not None else []
+
+    def finish_model() -> None:
+        while pending:
+            pending.pop()()
     if cache_dir is not None:
         path = cache_dir / f"encoder-{key}.pt2"
         if path.is_file():
+            finish_model()
             start = time.perf_counter()
             try:
-                run = _load(path, model, layers)
+                run = _load(path, model, per_layer=layers is not None)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable package: rebuild it
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
-    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ember-aoti-") as scratch:
         target = Path(scratch) / "encoder.pt2"
-        _export_and_compile(model, layers, plan, target, pad_id)
-        compile_s = time.perf_counter() - start
+        build_s = _build_beside(lambda: _export_and_compile(source, layers, plan, target, pad_id),
+                                finish_model if pending else None)
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             final = cache_dir / f"encoder-{key}.pt2"
             os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
             target = final
         load_start = time.perf_counter()
-        run = _load(target, model, layers)
-        return CompiledGraph(run, compile_s, time.perf_counter() - load_start, False,
+        run = _load(target, model, per_layer=layers is not None)
+        return CompiledGraph(run, build_s, time.perf_counter() - load_start, False,
                              target if cache_dir is not None else None)
+
+
+def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | None) -> float:
+    """Run `build` in a background thread while `meanwhile` runs in this one (without `meanwhile`,
+    just run it); returns the build's seconds. Both finish before this returns, and an exception
+    of either is raised here."""
+    if meanwhile is None:
+        start = time.perf_counter()
+        build()
+        return time.perf_counter() - start
+    import torch.utils.cpp_extension  # noqa: F401 - the build imports it (and setuptools, whose distutils
+    # shim is not thread-safe): import it here, where no other import runs at the same time
+
+    outcome: dict[str, object] = {}
+
+    def timed_build() -> None:
+        start = time.perf_counter()
+        try:
+            build()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            outcome["error"] = exc
+        outcome["seconds"] = time.perf_counter() - start
+    builder = threading.Thread(target=timed_build, name="ember-graph-build", daemon=True)
+    builder.start()
+    try:
+        meanwhile()
+    finally:
+        builder.join()  # never leave a build writing into a folder that is about to go away
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return float(outcome["seconds"])  # type: ignore[arg-type]
 
 
 def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | None, plan: ShapePlan, target: Path,
@@ -166,10 +209,13 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
-def _load(path: Path, model: torch.nn.Module, layers: list[torch.nn.Module] | None) -> Callable[..., torch.Tensor]:
+def _load(path: Path, model: torch.nn.Module, per_layer: bool) -> Callable[..., torch.Tensor]:
     """Load the package and hand it the model's (or each layer's) weights (shared, not copied)."""
-    if layers is None:
+    if not per_layer:
         return AOTIRunner(path, _tensors(model))
+    layers = layer_stack(model)
+    if layers is None:
+        raise ValueError("the package runs one layer, but the model's layers differ in structure")
     library = load_shared_object(path)
     runners = [AOTIRunner(path, _tensors(layer), library) for layer in layers]
     embed = model.embed

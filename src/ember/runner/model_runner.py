@@ -12,11 +12,14 @@ import torch
 from ember.config import EngineConfig, ModelInfo
 from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, postprocess
+from ember.model.registry import model_class
 from ember.model.sources import resolve_model_path
+from ember.runner import quantize
 from ember.runner.aot_package import load_or_compile, package_key
 from ember.runner.batch import Batch
 from ember.runner.compile import CompileCounter, ShapePlan, resolve_cache_dir
-from ember.runner.device import resolve_dtype
+from ember.runner.device import cpu_flags, resolve_dtype
+from ember.runner.memory import release_free_memory
 from ember.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,12 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        self.dtype = torch.float32 if mc.quantization else resolve_dtype(mc.dtype)
+        self.quantization = quantize.resolve_quantization(
+            mc.quantization, mc.dtype, config.compile_config.enforce_eager, cpu_flags(),
+            model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
+        """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has int8 dot
+        products and the model is compiled, and falls back to float if the int8 gate fails."""
+        self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.info = self._model_info()
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
@@ -54,8 +62,11 @@ class ModelRunner:
         self.counter = CompileCounter()
         self._compiled = None
         self.quantization_cosine: float | None = None
-        if mc.quantization == "int8":
-            self._quantize_int8(mc.quantization_min_cosine)
+        self._probe: tuple[list[str], torch.Tensor] | None = None
+        """The int8 gate's probe texts and their float32 vectors, from calibration to the gate."""
+        self._calibration_pending = False
+        if self.quantization == "int8":
+            self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
 
@@ -83,46 +94,78 @@ class ModelRunner:
             default_prompt_name=st.default_prompt_name,
         )
 
-    def _quantize_int8(self, min_cosine: float) -> None:
-        """Load the stored int8 layers, or calibrate, quantize and check the result on a probe set
-        disjoint from the calibration (and store it); refuse below min_cosine either way."""
-        from ember.runner import quantize
-
-        cache_dir = self._cache_dir()
-        # The key covers the model files, plan, versions and the code of model/ and quantize.py.
-        path = cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
+    def _prepare_int8(self) -> None:
+        """Load the stored int8 layers; else calibrate now if the model runs eagerly, or leave the
+        calibration to compile(), which runs it while the graph builds."""
+        path = self._int8_layers_path()
         if path is not None and path.is_file():
             try:
                 measured = quantize.load_quantized(self.model, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable entry: recalibrate
                 logger.warning("ignoring unreadable int8 cache entry %s (%s); recalibrating", path, exc)
             else:
-                self.quantization_cosine = quantize.enforce_gate(measured, min_cosine)
-                logger.info("int8: layers loaded from %s; min cosine vs float32 on the probe set %.4f (gate %.3f)",
-                            path, measured, min_cosine)
+                logger.info("int8: layers loaded from %s", path)
+                self._apply_gate(measured)
                 return
-        from ember.runner.memory import release_free_memory
+        if self.config.compile_config.enforce_eager:
+            self._calibrate(*quantize.calibration_and_probe_texts())
+            self._finish_int8()
+        else:
+            self._calibration_pending = True
 
-        calibration, probe = quantize.calibration_and_probe_texts()
-        reference = self._embed_eagerly(probe)
-        captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_eagerly(calibration))
+    def _int8_layers_path(self) -> Path | None:
+        # The key covers the model files, plan, versions and the code of model/ and quantize.py.
+        cache_dir = self._cache_dir()
+        return cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
+
+    def _calibrate(self, calibration: list[str], probe: list[str]) -> None:
+        """Embed the probe texts in float32 (the gate's reference), capture what every linear sees
+        on the calibration texts, and swap the linears for their int8 versions."""
+        self._probe = (probe, self._embed_texts(probe))
+        captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_texts(calibration))
         replaced = quantize.quantize_int8(self.model, captured)
         del captured
         release_free_memory()
-        measured = quantize.lowest_cosine(reference, self._embed_eagerly(probe))
+        logger.info("int8: %d linear layers calibrated on %d texts", replaced, len(calibration))
+
+    def _finish_int8(self) -> None:
+        """Measure the int8 model (compiled, if it is) on the probe set, store the layers with the
+        measurement, and apply the gate."""
+        assert self._probe is not None
+        probe, reference = self._probe
+        self._probe = None
+        measured = quantize.lowest_cosine(reference, self._embed_texts(probe))
+        path = self._int8_layers_path()
         if path is not None:
             try:
                 quantize.save_quantized(self.model, path, measured)
             except OSError as exc:  # a read-only or full cache costs the next start a calibration, nothing more
                 logger.warning("could not store the int8 layers in %s (%s)", path, exc)
-        self.quantization_cosine = quantize.enforce_gate(measured, min_cosine)
-        logger.info("int8: %d linear layers quantized; min cosine vs float32 on %d probe texts %.4f (gate %.3f)",
-                    replaced, len(probe), measured, min_cosine)
+        self._apply_gate(measured)
+
+    def _apply_gate(self, measured: float) -> None:
+        """Keep int8 if `measured` (the probe set's lowest cosine vs float32) reaches the gate.
+        Else refuse (quantization="int8") or fall back to the float model ("auto")."""
+        mc = self.config.model_config
+        try:
+            self.quantization_cosine = quantize.enforce_gate(measured, mc.quantization_min_cosine)
+        except quantize.QuantizationQualityError:
+            if mc.quantization == "int8":
+                raise
+            logger.warning("int8 reaches a min cosine of %.6f against float32 on the probe set, below "
+                           "quantization_min_cosine=%s: running the float model instead", measured,
+                           mc.quantization_min_cosine)
+            self.quantization, self.dtype, self._compiled = None, resolve_dtype(mc.dtype), None
+            self.model = build_model(self.folder, self.dtype)
+            return
+        logger.info("int8: min cosine vs float32 on the probe set %.4f (gate %.4f)", measured,
+                    mc.quantization_min_cosine)
 
     @torch.inference_mode()
-    def _embed_eagerly(self, texts: list[str]) -> torch.Tensor:
-        """Vectors of `texts`, in their order, computed in batches of similar lengths (less padding:
-        int8 calibration's capture pass took 4.4 s instead of 5.5 s, at the same quality)."""
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Vectors of `texts`, in their order, computed (compiled, once compile() has run) in batches
+        of similar lengths (less padding: int8 calibration's capture pass took 4.4 s instead of
+        5.5 s, at the same quality)."""
         limit = self.info.max_model_len
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[torch.Tensor] = [torch.empty(0)] * len(texts)
@@ -147,16 +190,29 @@ class ModelRunner:
 
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
-        returns the seconds spent compiling and loading."""
-        cache_dir = self._cache_dir()
-        key = self._cache_key(self.config.model_config.quantization)
-        graph = load_or_compile(self.model, self.plan, cache_dir, key, self.pad_id,
-                                per_layer=self.config.compile_config.compile_scope == "layer")
+        returns the seconds spent compiling and loading. A pending int8 calibration runs while the
+        graph builds; the gate then measures the compiled int8 model."""
+        calibrating = self._calibration_pending
+        self._calibration_pending = False
+        template = quantize.int8_template(self.model) if calibrating else None
+        # The texts come from docstrings of modules imported to read them: import before the build's
+        # thread starts (setuptools' distutils shim, which the build imports, is not thread-safe).
+        texts = quantize.calibration_and_probe_texts() if calibrating else ([], [])
+        scope = self.config.compile_config.compile_scope
+        per_layer = scope == "layer" or (scope == "auto" and self.quantization == "int8")
+        graph = load_or_compile(self.model, self.plan, self._cache_dir(), self._cache_key(self.quantization),
+                                self.pad_id, per_layer=per_layer, template=template,
+                                meanwhile=(lambda: self._calibrate(*texts)) if calibrating else None)
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
                     graph.compile_s, graph.load_s, f": {graph.path}" if graph.path else "")
-        return graph.compile_s + graph.load_s
+        seconds = graph.compile_s + graph.load_s
+        if calibrating:
+            self._finish_int8()
+            if self.quantization is None:  # the gate sent it back to float: compile that
+                seconds += self.compile()
+        return seconds
 
     def warm_up(self) -> tuple[float, int]:
         """Run every shape of the plan once (first-call costs are paid here). Returns (seconds

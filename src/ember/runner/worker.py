@@ -68,7 +68,7 @@ class Worker:
             "dtype %s%s; %d threads; rss %.0f MiB)",
             runner.info.architecture, self.report.startup_s, times.encoder, times.language_model,
             self.report.warmup_s, self.report.num_warmed_shapes, runner.dtype,
-            f", {self.config.model_config.quantization} linears" if self.config.model_config.quantization else "",
+            f", {runner.quantization} linears" if getattr(runner, "quantization", None) else "",
             torch.get_num_threads(),
             self.report.rss_bytes / 2**20,
         )
@@ -85,7 +85,7 @@ class Worker:
         start = time.perf_counter()
         folder = ModelFolder.read(resolve_model_path(self.config.model_config.model))
         if is_generative(folder.architecture):
-            if self.config.model_config.quantization:
+            if self.config.model_config.quantization == "int8":  # "auto" means none here
                 raise InvalidRequestError(
                     f"quantization={self.config.model_config.quantization!r} is for embedding, reranking and "
                     f"classification models; {folder.architecture} generates text and runs unquantized",
