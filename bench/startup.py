@@ -1,7 +1,7 @@
 """Issue 4 (b): process launch to LLM() returning, and to `ember serve`'s /health 200; each start
 in a fresh process.
 
-    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3] [--no-server] [--quantization int8]
+    flock /tmp/ember-bench.lock .venv/bin/python bench/startup.py [--reps 3] [--no-server] [--quantization auto|int8|none]
 
 Per repetition, a fresh temporary folder D is compile_cache_dir, TORCHINDUCTOR_CACHE_DIR and
 TMPDIR (so nothing inductor keeps under /tmp, such as precompiled headers, survives: a fresh machine):
@@ -28,7 +28,7 @@ import urllib.request
 CHILD = """
 import json, sys, time
 from ember import LLM
-llm = LLM(compile_cache_dir=sys.argv[1], enforce_eager=sys.argv[2] == "1", quantization=sys.argv[3] or None)
+llm = LLM(compile_cache_dir=sys.argv[1], enforce_eager=sys.argv[2] == "1", quantization=None if sys.argv[3] == "none" else sys.argv[3])
 ready = time.time()
 stats = llm.stats()
 print(json.dumps({"ready": ready, "engine_startup_s": stats.get("startup_s"),
@@ -58,7 +58,7 @@ def serve(cache_dir: str, *, eager: bool, quantization: str) -> dict[str, float]
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "ember.entrypoints.cli", "serve", "--port", str(port), "--log-level", "warning",
            "--compile-cache-dir", cache_dir, *(["--enforce-eager"] if eager else []),
-           *(["--quantization", quantization] if quantization else [])]
+           "--quantization", quantization]
     launched = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -80,7 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-server", action="store_true", help="skip the `ember serve` cases")
-    parser.add_argument("--quantization", choices=["int8"], default="", help="start the int8 mode instead")
+    parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
+                        help="auto (the default: int8 where the CPU has VNNI), int8, or none (float)")
     args = parser.parse_args()
     launchers = [("LLM()", start)] + ([] if args.no_server else [("serve /health", serve)])
     cases: dict[str, list[dict[str, float]]] = {}
