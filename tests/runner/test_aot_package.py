@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from ember import LLM
 from ember.model.loader import ModelFolder, build_model
-from ember.runner.aot_package import layer_stack, load_or_compile
+from ember.runner.aot_package import _build_beside, layer_stack, load_or_compile
 from ember.runner.compile import ShapePlan
 
 PLAN = ShapePlan(max_batch=4, max_seq=32, max_tokens=128)
@@ -129,3 +132,27 @@ def test_other_threads_run_while_the_compiled_model_runs(tiny_bert, tmp_path):
     overlapped = sum(any(start < t < end for t in ticks) for start, end in calls)
     # Holding the GIL, a tick could only land in the few bytecodes around the C call.
     assert overlapped >= len(calls) // 2, f"{overlapped} of {len(calls)} forwards overlapped the main thread"
+
+
+def test_a_build_beside_other_work_runs_in_a_child_and_reports_its_failure(tmp_path):
+    """The int8 path builds its graph in a forked child while calibrating: the child's result (a
+    file) is there when both are done, its exception is raised in the parent, and the parent's
+    exception kills the child instead of waiting for it."""
+    target = tmp_path / "built"
+    order: list[str] = []
+    seconds = _build_beside(lambda: target.write_text(str(os.getpid())), lambda: order.append("meanwhile"))
+    assert seconds >= 0 and order == ["meanwhile"]
+    assert target.read_text() != str(os.getpid())  # written by another process
+    assert torch.get_num_threads() >= 1
+
+    def fail() -> None:
+        raise ValueError("no such kernel")
+    with pytest.raises(RuntimeError, match="ValueError: no such kernel"):
+        _build_beside(fail, lambda: None)
+
+    def calibration_fails() -> None:
+        raise KeyError("probe")
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyError, match="probe"):
+        _build_beside(lambda: time.sleep(60), calibration_fails)  # killed, not waited for
+    assert torch.get_num_threads() == threads

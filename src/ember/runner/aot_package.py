@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +109,7 @@ def load_or_compile(
     per_layer: compile one layer (run once per layer) if the layers allow it, else the model.
     template, meanwhile: `model` is not final yet; `meanwhile` (run in this thread) makes it final,
     and `template` already has its final structure (the same tensor names, shapes and dtypes). The
-    package is then built from the template in a background thread while `meanwhile` runs, and
+    package is then built from the template in a child process while `meanwhile` runs, and
     loaded with the model's own tensors once both are done (the package holds no weights)."""
     source = template if template is not None else model
     layers = layer_stack(source) if per_layer else None
@@ -147,34 +147,53 @@ def load_or_compile(
 
 
 def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | None) -> float:
-    """Run `build` in a background thread while `meanwhile` runs in this one (without `meanwhile`,
-    just run it); returns the build's seconds. Both finish before this returns, and an exception
-    of either is raised here."""
+    """Run `build` in a forked child process while `meanwhile` runs in this one (without
+    `meanwhile`, just run it); returns the build's seconds. Both finish before this returns, and a
+    failure of either is raised here.
+
+    A process, not a thread: the build is mostly Python (export, inductor's lowering) and holds
+    the GIL for long stretches, and `meanwhile` (int8 calibration, thousands of small torch ops)
+    needs the GIL back after every op: beside a Python-busy thread, calibration took 102 s
+    instead of 4.8. The child starts with everything already imported and the template in its
+    memory (fork), runs one intra-op thread (the parent's OpenMP threads do not exist in it),
+    writes the package and leaves with os._exit. `meanwhile` runs on one thread fewer than the
+    engine's, leaving a core to the build. MiniLM's first start on 2 cores (BENCHMARKS.md): 23.7 s
+    one after the other; 18.3-19.0 s with the build in a thread; 16.6-16.7 s like this."""
     if meanwhile is None:
         start = time.perf_counter()
         build()
         return time.perf_counter() - start
-    import torch.utils.cpp_extension  # noqa: F401 - the build imports it (and setuptools, whose distutils
-    # shim is not thread-safe): import it here, where no other import runs at the same time
-
-    outcome: dict[str, object] = {}
-
-    def timed_build() -> None:
-        start = time.perf_counter()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        status, report = 1, "no report"
         try:
+            torch.set_num_threads(1)
+            start = time.perf_counter()
             build()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            outcome["error"] = exc
-        outcome["seconds"] = time.perf_counter() - start
-    builder = threading.Thread(target=timed_build, name="ember-graph-build", daemon=True)
-    builder.start()
+            status, report = 0, repr(time.perf_counter() - start)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            report = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(write_end, report.encode()[:60000])
+            os._exit(status)
+    os.close(write_end)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
     try:
         meanwhile()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # its result is of no use now
+        raise
     finally:
-        builder.join()  # never leave a build writing into a folder that is about to go away
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return float(outcome["seconds"])  # type: ignore[arg-type]
+        torch.set_num_threads(threads)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read_end, "rb") as pipe:
+            report = pipe.read().decode(errors="replace")
+    if status != 0:
+        raise RuntimeError(f"building the compiled graph failed (child process status {status}): {report}")
+    return float(report)
 
 
 def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | None, plan: ShapePlan, target: Path,
