@@ -138,12 +138,20 @@ def test_a_build_beside_other_work_runs_in_a_child_and_reports_its_failure(tmp_p
     """The int8 path builds its graph in a forked child while calibrating: the child's result (a
     file) is there when both are done, its exception is raised in the parent, and the parent's
     exception kills the child instead of waiting for it."""
+    from torch._inductor.utils import parallel_num_threads
+
     target = tmp_path / "built"
     order: list[str] = []
-    seconds = _build_beside(lambda: target.write_text(str(os.getpid())), lambda: order.append("meanwhile"))
-    assert seconds >= 0 and order == ["meanwhile"]
-    assert target.read_text() != str(os.getpid())  # written by another process
-    assert torch.get_num_threads() >= 1
+    threads = torch.get_num_threads()
+
+    def build() -> None:  # what the child sees: its pid, and the thread count kernels are built for
+        target.write_text(f"{os.getpid()} {parallel_num_threads()}")
+    seconds = _build_beside(build, lambda: order.append(f"meanwhile on {torch.get_num_threads()} threads"))
+    assert seconds >= 0 and order == [f"meanwhile on {max(1, threads - 1)} threads"]
+    pid, kernel_threads = target.read_text().split()
+    assert pid != str(os.getpid())  # written by another process
+    assert int(kernel_threads) == threads  # the engine's threads, not the child's one
+    assert torch.get_num_threads() == threads
 
     def fail() -> None:
         raise ValueError("no such kernel")

@@ -74,7 +74,9 @@ def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, ar
     from ember import __version__
 
     digest = hashlib.sha256()
+    # The kernels are built for the intra-op thread count (inductor writes it into them).
     for part in ("weights-outside", __version__, graph_code_digest(), torch.__version__, str(dtype), architecture,
+                 f"threads={torch.get_num_threads()}",
                  plan.max_batch, plan.max_seq, EXPORT_MIN_DIM, f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
@@ -163,13 +165,19 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
         start = time.perf_counter()
         build()
         return time.perf_counter() - start
+    threads = torch.get_num_threads()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
         os.close(read_end)
         status, report = 1, "no report"
         try:
+            _die_with_parent()
             torch.set_num_threads(1)
+            # Inductor writes the thread count into the kernels (#pragma omp parallel num_threads):
+            # build them for the engine's threads, not the child's one (a first version did not, and
+            # its int8 kernels ran single-threaded: passages 66 -> 49.5 per second).
+            torch._inductor.config.cpp.threads = threads
             start = time.perf_counter()
             build()
             status, report = 0, repr(time.perf_counter() - start)
@@ -179,7 +187,6 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
             os.write(write_end, report.encode()[:60000])
             os._exit(status)
     os.close(write_end)
-    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - 1))
     try:
         meanwhile()
@@ -194,6 +201,17 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
     if status != 0:
         raise RuntimeError(f"building the compiled graph failed (child process status {status}): {report}")
     return float(report)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the thread that forked it ends (a server stopped while it
+    starts must not leave a build running)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | None, plan: ShapePlan, target: Path,

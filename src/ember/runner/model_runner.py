@@ -108,7 +108,7 @@ class ModelRunner:
                 self._apply_gate(measured)
                 return
         if self.config.compile_config.enforce_eager:
-            self._calibrate(*quantize.calibration_and_probe_texts())
+            self._calibrate()
             self._finish_int8()
         else:
             self._calibration_pending = True
@@ -118,9 +118,10 @@ class ModelRunner:
         cache_dir = self._cache_dir()
         return cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
 
-    def _calibrate(self, calibration: list[str], probe: list[str]) -> None:
+    def _calibrate(self) -> None:
         """Embed the probe texts in float32 (the gate's reference), capture what every linear sees
         on the calibration texts, and swap the linears for their int8 versions."""
+        calibration, probe = quantize.calibration_and_probe_texts()
         self._probe = (probe, self._embed_texts(probe))
         captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_texts(calibration))
         replaced = quantize.quantize_int8(self.model, captured)
@@ -195,14 +196,11 @@ class ModelRunner:
         calibrating = self._calibration_pending
         self._calibration_pending = False
         template = quantize.int8_template(self.model) if calibrating else None
-        # The texts come from docstrings of modules imported to read them: import before the build's
-        # thread starts (setuptools' distutils shim, which the build imports, is not thread-safe).
-        texts = quantize.calibration_and_probe_texts() if calibrating else ([], [])
         scope = self.config.compile_config.compile_scope
         per_layer = scope == "layer" or (scope == "auto" and self.quantization == "int8")
         graph = load_or_compile(self.model, self.plan, self._cache_dir(), self._cache_key(self.quantization),
                                 self.pad_id, per_layer=per_layer, template=template,
-                                meanwhile=(lambda: self._calibrate(*texts)) if calibrating else None)
+                                meanwhile=self._calibrate if calibrating else None)
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
