@@ -1,7 +1,7 @@
 """Where an `embed` call's time goes (issue 6: "what limits it now"): GEMM / attention / other
 model ops / tokenization / the rest of the engine (Python: scheduling, batching, pooling).
 
-    flock /tmp/ember-bench.lock .venv/bin/python bench/profile_split.py [--corpus passages] [--quantization int8]
+    flock /tmp/ember-bench.lock .venv/bin/python bench/profile_split.py [--corpus passages] [--quantization auto|int8|none]
 
 Two measurements, both on the same texts, after one untimed pass:
 1. The engine as served (compiled, `LLM()`): wall time of `embed`, split by timers wrapped around
@@ -88,17 +88,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=["short", "passages"], default="passages")
     parser.add_argument("--n", type=int, default=None, help="texts (default 512 short / 128 passages)")
-    parser.add_argument("--quantization", choices=["int8"], default=None)
+    parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
+                        help="auto (the default: int8 where the CPU has VNNI), int8, or none (float)")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     texts = corpus.load(args.corpus, args.n or (512 if args.corpus == "short" else 128))
 
-    served = served_split(LLM(quantization=args.quantization), texts, args.reps)
-    groups, eager_forward = operator_split(LLM(quantization=args.quantization, enforce_eager=True), texts)
+    llm = LLM(quantization=None if args.quantization == "none" else args.quantization)
+    quantization = llm.stats()["quantization"]  # what "auto" ran: the eager twin runs the same
+    served = served_split(llm, texts, args.reps)
+    del llm
+    groups, eager_forward = operator_split(LLM(quantization=quantization, enforce_eager=True), texts)
     ops_total = sum(groups.values())
     engine_rest = served["wall"] - served["forward"] - served["tokenize"]
 
-    print(f"{len(texts)} {args.corpus} texts, quantization={args.quantization}, torch {torch.__version__}, "
+    print(f"{len(texts)} {args.corpus} texts, quantization={args.quantization} (ran: {quantization}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print()
     print("| part of `embed` (compiled, as served) | s | share |")

@@ -19,7 +19,9 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
         return np.stack([o.outputs.data for o in outs])
 
     stats = llm.stats()
-    info = {"version": getattr(ember, "__version__", "?"), "dtype": stats.get("dtype"),
+    precision = ("int8" if stats.get("quantization") == "int8"
+                 else {"float32": "fp32", "bfloat16": "bf16"}.get(stats.get("dtype"), stats.get("dtype")))
+    info = {"version": getattr(ember, "__version__", "?"), "dtype": stats.get("dtype"), "precision": precision,
             "compiled": stats.get("is_compiled"), "startup_s": stats.get("startup_s")}
     return embed, info
 

@@ -210,6 +210,7 @@ def _add_peer_ratios(report: dict[str, Any], corpus_name: str) -> None:
     report["corpora"][corpus_name]["best_peer"] = best_entry["name"]
     for entry, run in runs:
         run["vs_best_peer"] = run["texts_s"] / best["texts_s"]
-        same = [r["texts_s"] for e, r in peers if e["precision"] == entry["precision"]]
+        precision = entry.get("result", {}).get("precision") or entry["precision"]  # what an "auto" engine ran
+        same = [r["texts_s"] for e, r in peers if e["precision"] == precision]
         if same:
             run["vs_best_same_precision_peer"] = run["texts_s"] / max(same)

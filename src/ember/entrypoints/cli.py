@@ -47,7 +47,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         help="compute dtype; auto = bf16 where it is faster on this CPU, else fp32")
     parser.add_argument("--max-model-len", type=_positive_int, help="longest prompt in tokens")
     parser.add_argument("--max-num-batched-tokens", type=_positive_int, default=None,
-                        help="padded-token budget of one batch (default: 2048 for encoders, 8192 for decoders)")
+                        help="padded-token budget of one batch (default: 2048 for encoders, 1024 in int8, 8192 for decoders)")
     parser.add_argument("--max-num-seqs", type=_positive_int, default=64, help="most sequences in one batch")
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
     parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
