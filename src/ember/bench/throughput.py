@@ -210,7 +210,8 @@ def _add_peer_ratios(report: dict[str, Any], corpus_name: str) -> None:
     report["corpora"][corpus_name]["best_peer"] = best_entry["name"]
     for entry, run in runs:
         run["vs_best_peer"] = run["texts_s"] / best["texts_s"]
-        precision = entry.get("result", {}).get("precision") or entry["precision"]  # what an "auto" engine ran
+        # Ember reports what it ran ("auto" may mean int8); peers' own labels differ ("f32"): use the spec's
+        precision = (entry.get("result", {}).get("precision") if entry["is_ember"] else None) or entry["precision"]
         same = [r["texts_s"] for e, r in peers if e["precision"] == precision]
         if same:
             run["vs_best_same_precision_peer"] = run["texts_s"] / max(same)

@@ -161,7 +161,9 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
     writes the package and leaves with os._exit. `meanwhile` runs on one thread fewer than the
     engine's, leaving a core to the build. MiniLM's first start on 2 cores (BENCHMARKS.md): 23.7 s
     one after the other; 18.3-19.0 s with the build in a thread; 16.6-16.7 s like this."""
-    if meanwhile is None:
+    if meanwhile is None or not hasattr(os, "fork"):  # no fork (not Linux/macOS): one after the other
+        if meanwhile is not None:
+            meanwhile()
         start = time.perf_counter()
         build()
         return time.perf_counter() - start
