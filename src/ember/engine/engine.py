@@ -105,7 +105,7 @@ class Engine:
             "num_requests": self.num_requests,
             "dtype": str(self.runner.dtype).removeprefix("torch."),
             "is_compiled": not self.config.compile_config.enforce_eager,
-            "quantization": getattr(self.runner, "quantization", None),
-            "quantization_min_cosine_measured": getattr(self.runner, "quantization_cosine", None),
+            "quantization": self.runner.quantization,
+            "quantization_min_cosine_measured": self.runner.quantization_cosine,
             **(self.generation.stats() if self.generation is not None else {}),
         }

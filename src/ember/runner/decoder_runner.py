@@ -58,6 +58,9 @@ class DecoderModelRunner:
         mc, sc = config.model_config, config.scheduler_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
         self.dtype = resolve_dtype(mc.dtype)
+        self.quantization: str | None = None
+        """Decoders always run float (an explicit int8 is refused at load)."""
+        self.quantization_cosine: float | None = None
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
         self.info = self._model_info()

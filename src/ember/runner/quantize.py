@@ -219,15 +219,13 @@ def smoothing_scale(linear: nn.Linear, channel_max: torch.Tensor, alpha: float |
 
 
 @torch.inference_mode()
-def best_int8_linear(linear: nn.Linear, seen: LinearInputs,
-                     num_outliers: int | None = None) -> tuple[Int8Linear, float | None, float]:
+def best_int8_linear(linear: nn.Linear, seen: LinearInputs) -> tuple[Int8Linear, float | None, float]:
     """The Int8Linear (and its alpha, relative output error) closest to `linear` on the samples,
-    with `num_outliers` (default outliers_per_linear) outlier channels: the highest peaks."""
+    with outliers_per_linear() outlier channels: those with the highest peaks."""
     x = torch.cat(seen.samples)
     reference = linear(x.to(linear.weight.dtype)).float()
     best: tuple[Int8Linear, float | None, float] | None = None
-    count = outliers_per_linear(linear) if num_outliers is None else num_outliers
-    outliers = seen.channel_max.topk(count).indices
+    outliers = seen.channel_max.topk(outliers_per_linear(linear)).indices
     for alpha in SMOOTHING_ALPHAS:
         candidate = Int8Linear.from_float(linear, smoothing_scale(linear, seen.channel_max, alpha), outliers)
         error = float((candidate(x) - reference).norm() / reference.norm().clamp(min=1e-12))
@@ -244,7 +242,7 @@ def quantize_int8(model: nn.Module, captured: dict[str, LinearInputs]) -> int:
     def quantize(name: str, linear: nn.Linear) -> nn.Module | None:
         if name not in captured:
             return None
-        quantized, alpha, error = best_int8_linear(linear, captured[name], outliers_per_linear(linear))
+        quantized, alpha, error = best_int8_linear(linear, captured[name])
         logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
         return quantized
     return _swap_linears(model, quantize)

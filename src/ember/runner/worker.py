@@ -68,7 +68,7 @@ class Worker:
             "dtype %s%s; %d threads; rss %.0f MiB)",
             runner.info.architecture, self.report.startup_s, times.encoder, times.language_model,
             self.report.warmup_s, self.report.num_warmed_shapes, runner.dtype,
-            f", {runner.quantization} linears" if getattr(runner, "quantization", None) else "",
+            f", {runner.quantization} linears" if runner.quantization else "",
             torch.get_num_threads(),
             self.report.rss_bytes / 2**20,
         )
