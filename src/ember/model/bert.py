@@ -6,23 +6,24 @@ bucketed batches of any shape. q/k/v are fused into one linear on load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ember.errors import UnsupportedModelError
 from ember.model.layers.attention import encoder_attention, padding_mask
 
-_ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
 }
+"""Modules, not functions, so that the int8 mode can find and swap them (quantize.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class EncoderLayer(nn.Module):
         self.ffn_in = nn.Linear(h, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.act = _ACTIVATIONS[cfg.hidden_act]()
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask)

@@ -13,6 +13,7 @@ Per linear, y = x W^T + b becomes (Int8Linear.forward):
   offset times a precomputed column sum of the int8 weights;
 - outliers: the MAX_OUTLIERS input channels with the highest calibration peaks are zeroed in the
   int8 path and computed in float32, added in the epilogue.
+The exact GELUs, whose outputs are an Int8Linear's input, become PolynomialGELU (error <= 5.5e-5).
 
 All of it is plain torch, so the int8 model is exported and AOT-compiled like the float32 one.
 Per linear, `a` is picked from SMOOTHING_ALPHAS as the one with the smallest output error on
@@ -162,6 +163,31 @@ class Int8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+class PolynomialGELU(nn.Module):
+    """GELU(x) = x/2 (1 + erf(x / sqrt 2)), with erf from a polynomial: u = clamp(x / (3 sqrt 2), -1, 1),
+    erf ~ u P(u^2), P of degree 8 fitted towards minimax on [0, 1] (Lawson's reweighted least
+    squares). Error against torch's exact GELU (tests/runner): at most 5.5e-5 for |x| <= 8; beyond,
+    where u is clamped, at most 1e-6 |x| (float32 rounding of P(1)).
+
+    The int8 model uses it where an exact GELU feeds an Int8Linear: the int8 step of those inputs
+    is 1/255 of the row's range, ~100x that error, so the int8 outputs do not see it. It is plain
+    multiply-adds, which inductor fuses and vectorizes; torch's erf costs ~1 ms per 1.45 M values on
+    2 cores, and MiniLM's ffn_out input kernel computes it twice (once for the row's range, once to
+    quantize): that kernel went from 2.1 to 1.7 ms per layer (BENCHMARKS.md)."""
+
+    COEFFICIENTS = (3.3848053061, -10.133502311, 26.992282513, -54.899961817, 83.365883058,
+                    -90.528513391, 65.463536573, -27.905939421, 5.2614040824)
+    INPUT_SCALE = 0.7071067811865476 / 3.0  # u = x / sqrt(2) / 3, clamped to [-1, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = (x * self.INPUT_SCALE).clamp(-1.0, 1.0)
+        t = u * u
+        p = t * self.COEFFICIENTS[-1] + self.COEFFICIENTS[-2]
+        for c in reversed(self.COEFFICIENTS[:-2]):  # Horner
+            p = p * t + c
+        return x * 0.5 * (1.0 + u * p)
+
+
 @dataclass
 class LinearInputs:
     """What calibration saw at one linear's input: per-channel max |x| and a sample of rows."""
@@ -245,7 +271,7 @@ def quantize_int8(model: nn.Module, captured: dict[str, LinearInputs]) -> int:
         quantized, alpha, error = best_int8_linear(linear, captured[name])
         logger.debug("int8 %s: alpha %s, relative output error %.4f", name, alpha, error)
         return quantized
-    return _swap_linears(model, quantize)
+    return _swap_to_int8(model, quantize)
 
 
 def outliers_per_linear(linear: nn.Linear) -> int:
@@ -257,12 +283,15 @@ def int8_template(model: nn.Module) -> nn.Module:
     buffers' names, shapes and dtypes; placeholder values): what the graph is built from while
     calibration runs. The package holds no weights, so the values do not matter."""
     template = copy.deepcopy(model)
-    _swap_linears(template, lambda _, linear: Int8Linear.from_float(
+    _swap_to_int8(template, lambda _, linear: Int8Linear.from_float(
         linear, None, torch.arange(outliers_per_linear(linear))))
     return template
 
 
-def _swap_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
+def _swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
+    """Give `model` the int8 structure: each nn.Linear for which `make` returns a module is
+    replaced by it, and every exact nn.GELU by PolynomialGELU (in the encoders Ember runs, each
+    feeds a linear). Returns how many linears were replaced."""
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
@@ -270,6 +299,8 @@ def _swap_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module |
             if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
                 setattr(parent, child_name, new)
                 replaced += 1
+            elif isinstance(child, nn.GELU) and child.approximate == "none":
+                setattr(parent, child_name, PolynomialGELU())
     return replaced
 
 
@@ -297,7 +328,7 @@ def load_quantized(model: nn.Module, path: Path) -> float:
     for name, linear in linears.items():
         if tuple(modules[name].weight_int8.shape) != (linear.in_features, linear.out_features):
             raise ValueError(f"layer {name} has another shape than the model's")
-    _swap_linears(model, lambda name, _: modules[name])
+    _swap_to_int8(model, lambda name, _: modules[name])
     return float(stored["min_cosine"])
 
 
