@@ -6,11 +6,11 @@ model ops / tokenization / the rest of the engine (Python: scheduling, batching,
 Two measurements, both on the same texts, after one untimed pass:
 1. The engine as served (compiled, `LLM()`): wall time of `embed`, split by timers wrapped around
    the tokenizer and the compiled forward. Median of --reps calls.
-2. Inside the forward: the AOT-compiled graph runs its fused kernels without reporting them to
-   torch.profiler, so the split by operator comes from the same model run eagerly
-   (`enforce_eager=True`) under torch.profiler (self CPU time per operator, one call). The eager
-   forward is slower than the compiled one (its elementwise ops are not fused), so "other model
-   ops" is an upper bound for the compiled graph; GEMM and attention call the same kernels in both.
+2. Inside the forward: one of the served model's layers, compiled by inductor (torch.compile:
+   the code generator the AOT package uses) with `cpp.enable_kernel_profile`, so that each fused
+   kernel reports its time to torch.profiler. It runs on a batch of the corpus's shape (median
+   token length, as many rows as the engine's token budget holds), 20 calls. Split: GEMM
+   (`_int_mm`, MKL), attention (SDPA), the fused elementwise kernels (each named), the rest.
 """
 
 from __future__ import annotations
@@ -65,23 +65,37 @@ def served_split(llm: LLM, texts: list[str], reps: int) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
-def operator_split(llm: LLM, texts: list[str]) -> tuple[Counter[str], float]:
-    llm.embed(texts, truncate_prompt_tokens=-1)
-    forward = Stopwatch()
+def kernel_split(llm: LLM, texts: list[str], calls: int = 20) -> tuple[Counter[str], tuple[int, int], float]:
+    """Seconds per layer call by kernel group (and per fused kernel), the batch shape, and the
+    wall time per call of the compiled layer."""
+    import torch._inductor.config as inductor_config
+
     runner = llm.engine.runner
-    runner._forward = forward.wrap(runner._forward)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        llm.embed(texts, truncate_prompt_tokens=-1)
+    lengths = sorted(len(ids) for ids in runner.tokenizer._tok.encode_batch(texts, add_special_tokens=True))
+    seq = min(lengths[len(lengths) // 2], runner.info.max_model_len)
+    batch = max(1, min(runner.plan.max_batch, runner.plan.max_tokens // seq))
+    hidden = torch.randn(batch, seq, runner.info.hidden_size)
+    mask = torch.ones(batch, 1, 1, seq, dtype=torch.bool)
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}), torch.no_grad():
+        layer = torch.compile(runner.model.layers[0], dynamic=False)
+        for _ in range(3):
+            layer(hidden, mask)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                layer(hidden, mask)
+        per_call = (time.perf_counter() - start) / calls
     groups: Counter[str] = Counter()
     for event in prof.key_averages():
-        seconds = event.self_cpu_time_total / 1e6
+        seconds = event.self_cpu_time_total / 1e6 / calls
         if event.key in GEMM_OPS:
             groups["GEMM"] += seconds
         elif event.key in ATTENTION_OPS:
             groups["attention"] += seconds
-        elif event.key.startswith("aten::"):
-            groups["other"] += seconds
-    return groups, forward.seconds
+        elif "cpp_fused" in event.key:
+            groups["fused elementwise"] += seconds
+            groups["kernel " + event.key.split("cpp_fused_", 1)[1][:60]] += seconds
+    return groups, (batch, seq), per_call
 
 
 def main() -> None:
@@ -95,11 +109,9 @@ def main() -> None:
     texts = corpus.load(args.corpus, args.n or (512 if args.corpus == "short" else 128))
 
     llm = LLM(quantization=None if args.quantization == "none" else args.quantization)
-    quantization = llm.stats()["quantization"]  # what "auto" ran: the eager twin runs the same
+    quantization = llm.stats()["quantization"]
     served = served_split(llm, texts, args.reps)
-    del llm
-    groups, eager_forward = operator_split(LLM(quantization=quantization, enforce_eager=True), texts)
-    ops_total = sum(groups.values())
+    groups, shape, per_call = kernel_split(llm, texts)
     engine_rest = served["wall"] - served["forward"] - served["tokenize"]
 
     print(f"{len(texts)} {args.corpus} texts, quantization={args.quantization} (ran: {quantization}), torch {torch.__version__}, "
@@ -113,13 +125,18 @@ def main() -> None:
         print(f"| {name} | {seconds:.3f} | {100 * seconds / wall:.1f}% |")
     print(f"| total | {wall:.3f} | 100% |")
     print()
-    print(f"Inside the forward, by operator (eager run of the same model: forward {eager_forward:.3f} s, "
-          f"{eager_forward / served['forward']:.2f}x the compiled one):")
+    print(f"Inside the forward: one layer compiled by inductor, batch {shape[0]} x {shape[1]} tokens, "
+          f"{1e3 * per_call:.2f} ms per call (profiled), by kernel:")
     print()
-    print("| operators | s | share of the operators' time |")
+    print("| kernels | ms per layer call | share |")
     print("|---|---|---|")
-    for name in ("GEMM", "attention", "other"):
-        print(f"| {name} | {groups[name]:.3f} | {100 * groups[name] / ops_total:.1f}% |")
+    rest = per_call - groups["GEMM"] - groups["attention"] - groups["fused elementwise"]
+    for name, seconds in (("GEMM", groups["GEMM"]), ("attention (SDPA)", groups["attention"]),
+                          ("fused elementwise (inductor)", groups["fused elementwise"]), ("the rest (launch, Python)", rest)):
+        print(f"| {name} | {1e3 * seconds:.3f} | {100 * seconds / per_call:.1f}% |")
+    kernels = sorted(((s, k[7:]) for k, s in groups.items() if k.startswith("kernel ")), reverse=True)
+    for seconds, name in kernels:
+        print(f"| - `{name}` | {1e3 * seconds:.3f} | {100 * seconds / per_call:.1f}% |")
 
 
 if __name__ == "__main__":
