@@ -71,8 +71,9 @@ def kernel_split(llm: LLM, texts: list[str], calls: int = 20) -> tuple[Counter[s
     import torch._inductor.config as inductor_config
 
     runner = llm.engine.runner
-    lengths = sorted(len(ids) for ids in runner.tokenizer._tok.encode_batch(texts, add_special_tokens=True))
-    seq = min(lengths[len(lengths) // 2], runner.info.max_model_len)
+    limit = runner.info.max_model_len
+    lengths = sorted(len(t.token_ids) for t in runner.tokenizer.encode_batch(texts, [limit] * len(texts)))
+    seq = lengths[len(lengths) // 2]
     batch = max(1, min(runner.plan.max_batch, runner.plan.max_tokens // seq))
     hidden = torch.randn(batch, seq, runner.info.hidden_size)
     mask = torch.ones(batch, 1, 1, seq, dtype=torch.bool)

