@@ -27,10 +27,13 @@ class ModelConfig:
     seed: int = 0
     """Seed applied to every random generator after warm-up (python, numpy, torch)."""
     quantization: str | None = "auto"
-    """"int8": int8 linears on per-token int8 activations (runner/quantize.py), compiled like the
+    """"int8": int8 linears on per-token int8 activations (runner/int8/), compiled like the
     float32 model; refused at startup below quantization_min_cosine. "auto": int8 where the CPU
-    has int8 dot products (VNNI), the dtype is "auto" and the model compiles, falling back to float
-    below quantization_min_cosine; else float. None: float (dtype)."""
+    has a fast int8 kernel (VNNI, or AVX2 through oneDNN), the dtype is "auto" and the model
+    compiles, falling back to float below quantization_min_cosine; else float. None: float (dtype)."""
+    int8_kernel: str = "auto"
+    """The int8 GEMM: "int_mm" (torch._int_mm, fast with VNNI/AMX), "onednn" (oneDNN u8 x s8 on
+    7-bit activations, fast on AVX2 without VNNI), or "auto": the one this CPU runs fast."""
     quantization_min_cosine: float = 0.999
     """The int8 model's lowest cosine against float32 on the built-in probe set must reach this."""
     pooler_config: dict[str, Any] | None = None
@@ -122,6 +125,9 @@ class EngineConfig:
         if m.quantization not in (None, "int8", "auto"):
             raise InvalidRequestError(f"quantization must be 'auto', 'int8' or None, got {m.quantization!r}",
                                       param="quantization")
+        if m.int8_kernel not in ("auto", "int_mm", "onednn"):
+            raise InvalidRequestError(f"int8_kernel must be 'auto', 'int_mm' or 'onednn', got {m.int8_kernel!r}",
+                                      param="int8_kernel")
         if m.quantization == "int8" and m.dtype == "bfloat16":
             raise InvalidRequestError("quantization='int8' quantizes the float32 model; use dtype 'auto' or "
                                       "'float32'", param="dtype")

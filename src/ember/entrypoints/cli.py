@@ -52,10 +52,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="do not compile the model")
     parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
                         help="int8: int8 linears on per-token int8 activations, refused at startup below "
-                             "--quantization-min-cosine; auto (default): int8 where the CPU has VNNI and --dtype is "
+                             "--quantization-min-cosine; auto (default): int8 where the CPU has a fast int8 kernel and --dtype is "
                              "auto, float if int8 misses that bar; none: float (--dtype)")
     parser.add_argument("--quantization-min-cosine", type=float, default=0.999,
                         help="lowest cosine vs float32 the int8 model must reach on the built-in probe set")
+    parser.add_argument("--int8-kernel", choices=["auto", "int_mm", "onednn"], default="auto",
+                        help="int8 GEMM: int_mm (VNNI/AMX), onednn (AVX2 without VNNI), auto: the fast one here")
     parser.add_argument("--seed", type=int, default=0, help="seed applied after warm-up")
     parser.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--compile-cache-dir", help="compile cache folder ('' turns the disk cache off)")
@@ -81,6 +83,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "enforce_eager": args.enforce_eager,
         "quantization": None if args.quantization == "none" else args.quantization,
         "quantization_min_cosine": args.quantization_min_cosine,
+        "int8_kernel": args.int8_kernel,
         "seed": args.seed,
         "threads": args.threads,
         "compile_cache_dir": args.compile_cache_dir,

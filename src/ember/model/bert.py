@@ -23,7 +23,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "silu": nn.SiLU,
 }
-"""Modules, not functions, so that the int8 mode can find and swap them (quantize.py)."""
+"""Modules, not functions, so that the int8 mode can find and swap them (runner/int8/)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +60,13 @@ class CompiledGraph:
 
 
 def graph_code_digest() -> str:
-    """Digest of the Python code that defines the exported graph (the model classes and the int8
-    layers): a package built by other code is never reused, whatever the version number says."""
+    """Digest of the code that defines the exported graph (the model classes, the int8 package and
+    its frozen calibration texts): a package or int8 layers built by other code or calibrated on
+    other texts are never reused, whatever the version number says."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for source in sorted([*(root / "model").rglob("*.py"), root / "runner" / "quantize.py"]):
+    int8 = root / "runner" / "int8"
+    for source in sorted([*(root / "model").rglob("*.py"), *int8.rglob("*.py"), *int8.glob("*.json")]):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -106,13 +108,15 @@ def layer_stack(model: torch.nn.Module) -> list[torch.nn.Module] | None:
 def load_or_compile(
     model: torch.nn.Module, plan: ShapePlan, cache_dir: Path | None, key: str, pad_id: int, per_layer: bool = False,
     template: torch.nn.Module | None = None, meanwhile: Callable[[], None] | None = None,
+    graph_constants: Mapping[str, torch.Tensor] | None = None,
 ) -> CompiledGraph:
     """The compiled encoder for `plan`, from `cache_dir` when present, else built (and stored).
     per_layer: compile one layer (run once per layer) if the layers allow it, else the model.
     template, meanwhile: `model` is not final yet; `meanwhile` (run in this thread) makes it final,
     and `template` already has its final structure (the same tensor names, shapes and dtypes). The
     package is then built from the template in a child process while `meanwhile` runs, and
-    loaded with the model's own tensors once both are done (the package holds no weights)."""
+    loaded with the model's own tensors once both are done (the package holds no weights).
+    graph_constants: tensors the compiler adds to the graph by itself (int8/kernel.py), by name."""
     source = template if template is not None else model
     layers = layer_stack(source) if per_layer else None
     if per_layer and layers is None:
@@ -129,7 +133,7 @@ def load_or_compile(
             finish_model()
             start = time.perf_counter()
             try:
-                run = _load(path, model, per_layer=layers is not None)
+                run = _load(path, model, per_layer=layers is not None, constants=graph_constants)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
             except Exception as exc:  # noqa: BLE001 - any unreadable package: rebuild it
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
@@ -143,7 +147,7 @@ def load_or_compile(
             os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
             target = final
         load_start = time.perf_counter()
-        run = _load(target, model, per_layer=layers is not None)
+        run = _load(target, model, per_layer=layers is not None, constants=graph_constants)
         return CompiledGraph(run, build_s, time.perf_counter() - load_start, False,
                              target if cache_dir is not None else None)
 
@@ -248,15 +252,18 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
-def _load(path: Path, model: torch.nn.Module, per_layer: bool) -> Callable[..., torch.Tensor]:
-    """Load the package and hand it the model's (or each layer's) weights (shared, not copied)."""
+def _load(path: Path, model: torch.nn.Module, per_layer: bool,
+          constants: Mapping[str, torch.Tensor] | None = None) -> Callable[..., torch.Tensor]:
+    """Load the package and hand it the model's (or each layer's) weights (shared, not copied),
+    with `constants` beside them."""
+    extra = dict(constants or {})
     if not per_layer:
-        return AOTIRunner(path, _tensors(model))
+        return AOTIRunner(path, {**extra, **_tensors(model)})
     layers = layer_stack(model)
     if layers is None:
         raise ValueError("the package runs one layer, but the model's layers differ in structure")
     library = load_shared_object(path)
-    runners = [AOTIRunner(path, _tensors(layer), library) for layer in layers]
+    runners = [AOTIRunner(path, {**extra, **_tensors(layer)}, library) for layer in layers]
     embed = model.embed
 
     def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, postprocess
 from ember.model.registry import model_class
 from ember.model.sources import resolve_model_path
-from ember.runner import quantize
+from ember.runner import int8
 from ember.runner.aot_package import load_or_compile, package_key
 from ember.runner.batch import Batch
 from ember.runner.compile import CompileCounter, ShapePlan, resolve_cache_dir
@@ -49,28 +49,30 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        self.quantization = quantize.resolve_quantization(
-            mc.quantization, mc.dtype, config.compile_config.enforce_eager, cpu_flags(),
+        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags())
+        self.quantization = int8.resolve_quantization(
+            mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel,
             model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
-        """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has int8 dot
-        products and the model is compiled, and falls back to float if the int8 gate fails."""
+        """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
+        int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
+        if self.quantization == "int8" and kernel is None:  # asked for on a CPU without a fast kernel
+            kernel = int8.choose_kernel("int_mm", set())
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.info = self._model_info()
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
         self.pooler = Pooler(self.info.pooling_type)
         self.pad_id = self.model.config.pad_token_id
-        sc = config.scheduler_config
-        default_budget = INT8_BATCH_TOKENS if self.quantization == "int8" else ENCODER_BATCH_TOKENS
-        budget = max(sc.max_num_batched_tokens or default_budget, self.info.max_model_len)
-        self.plan = ShapePlan(sc.max_num_seqs, self.info.max_model_len, budget)
+        self.plan = self._shape_plan()
         self.counter = CompileCounter()
         self._compiled = None
-        self.quantization_cosine: float | None = None
-        self._probe: tuple[list[str], torch.Tensor] | None = None
-        """The int8 gate's probe texts and their float32 vectors, from calibration to the gate."""
+        self.int8: int8.Int8Mode | None = None
+        """The int8 lifecycle while quantization is "int8" (None in float)."""
         self._calibration_pending = False
         if self.quantization == "int8":
+            assert kernel is not None
+            self.int8 = int8.Int8Mode(kernel, self._int8_layers_path(kernel), mc.quantization_min_cosine,
+                                      required=mc.quantization == "int8", embed_texts=self._embed_texts)
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
@@ -99,73 +101,46 @@ class ModelRunner:
             default_prompt_name=st.default_prompt_name,
         )
 
+    def _shape_plan(self) -> ShapePlan:
+        """The shapes to compile and warm; the batch budget follows what runs (int8 or float)."""
+        sc = self.config.scheduler_config
+        default_budget = INT8_BATCH_TOKENS if self.quantization == "int8" else ENCODER_BATCH_TOKENS
+        budget = max(sc.max_num_batched_tokens or default_budget, self.info.max_model_len)
+        return ShapePlan(sc.max_num_seqs, self.info.max_model_len, budget)
+
+    @property
+    def quantization_cosine(self) -> float | None:
+        """The int8 gate's measurement (None in float)."""
+        return self.int8.measured if self.int8 is not None else None
+
     def _prepare_int8(self) -> None:
         """Load the stored int8 layers; else calibrate now if the model runs eagerly, or leave the
         calibration to compile(), which runs it while the graph builds."""
-        path = self._int8_layers_path()
-        if path is not None and path.is_file():
-            try:
-                measured = quantize.load_quantized(self.model, path)
-            except Exception as exc:  # noqa: BLE001 - any unreadable entry: recalibrate
-                logger.warning("ignoring unreadable int8 cache entry %s (%s); recalibrating", path, exc)
-            else:
-                logger.info("int8: layers loaded from %s", path)
-                self._apply_gate(measured)
-                return
-        if self.config.compile_config.enforce_eager:
-            self._calibrate()
-            self._finish_int8()
+        assert self.int8 is not None
+        if self.int8.load_stored(self.model):
+            self._apply_gate()
+        elif self.config.compile_config.enforce_eager:
+            self.int8.calibrate(self.model)
+            self.int8.measure_and_store(self.model)
+            self._apply_gate()
         else:
             self._calibration_pending = True
 
-    def _int8_layers_path(self) -> Path | None:
-        # The key covers the model files, plan, versions and the code of model/ and quantize.py.
+    def _int8_layers_path(self, kernel: int8.Int8Kernel) -> Path | None:
+        # The key covers the model files, plan, versions, the kernel, and the code and texts of int8/.
         cache_dir = self._cache_dir()
-        return cache_dir / f"int8-{self._cache_key('int8-layers')}.pt" if cache_dir else None
+        return cache_dir / f"int8-{self._cache_key(f'int8-layers-{kernel.name}')}.pt" if cache_dir else None
 
-    def _calibrate(self) -> None:
-        """Embed the probe texts in float32 (the gate's reference), capture what every linear sees
-        on the calibration texts, and swap the linears for their int8 versions."""
-        calibration, probe = quantize.calibration_and_probe_texts()
-        self._probe = (probe, self._embed_texts(probe))
-        captured = quantize.capture_linear_inputs(self.model, lambda: self._embed_texts(calibration))
-        replaced = quantize.quantize_int8(self.model, captured)
-        del captured
-        release_free_memory()
-        logger.info("int8: %d linear layers calibrated on %d texts", replaced, len(calibration))
-
-    def _finish_int8(self) -> None:
-        """Measure the int8 model (compiled, if it is) on the probe set, store the layers with the
-        measurement, and apply the gate."""
-        assert self._probe is not None
-        probe, reference = self._probe
-        self._probe = None
-        measured = quantize.lowest_cosine(reference, self._embed_texts(probe))
-        path = self._int8_layers_path()
-        if path is not None:
-            try:
-                quantize.save_quantized(self.model, path, measured)
-            except OSError as exc:  # a read-only or full cache costs the next start a calibration, nothing more
-                logger.warning("could not store the int8 layers in %s (%s)", path, exc)
-        self._apply_gate(measured)
-
-    def _apply_gate(self, measured: float) -> None:
-        """Keep int8 if `measured` (the probe set's lowest cosine vs float32) reaches the gate.
-        Else refuse (quantization="int8") or fall back to the float model ("auto")."""
-        mc = self.config.model_config
-        try:
-            self.quantization_cosine = quantize.enforce_gate(measured, mc.quantization_min_cosine)
-        except quantize.QuantizationQualityError:
-            if mc.quantization == "int8":
-                raise
-            logger.warning("int8 reaches a min cosine of %.6f against float32 on the probe set, below "
-                           "quantization_min_cosine=%s: running the float model instead", measured,
-                           mc.quantization_min_cosine)
-            self.quantization, self.dtype, self._compiled = None, resolve_dtype(mc.dtype), None
-            self.model = build_model(self.folder, self.dtype)
+    def _apply_gate(self) -> None:
+        """Keep int8 if it passes its gate; else (quantization="auto") run the float model, with
+        the float batch budget."""
+        assert self.int8 is not None
+        if self.int8.passes_gate():
             return
-        logger.info("int8: min cosine vs float32 on the probe set %.4f (gate %.4f)", measured,
-                    mc.quantization_min_cosine)
+        self.quantization, self.int8, self._compiled = None, None, None
+        self.dtype = resolve_dtype(self.config.model_config.dtype)
+        self.model = build_model(self.folder, self.dtype)
+        self.plan = self._shape_plan()
 
     @torch.inference_mode()
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -200,22 +175,29 @@ class ModelRunner:
         graph builds; the gate then measures the compiled int8 model."""
         calibrating = self._calibration_pending
         self._calibration_pending = False
-        template = quantize.int8_template(self.model) if calibrating else None
+        mode = self.int8
+        template = mode.template(self.model) if calibrating and mode is not None else None
         scope = self.config.compile_config.compile_scope
         per_layer = scope == "layer" or (scope == "auto" and self.quantization == "int8")
-        graph = load_or_compile(self.model, self.plan, self._cache_dir(), self._cache_key(self.quantization),
+        graph = load_or_compile(self.model, self.plan, self._cache_dir(), self._cache_key(self._variant()),
                                 self.pad_id, per_layer=per_layer, template=template,
-                                meanwhile=self._calibrate if calibrating else None)
+                                meanwhile=(lambda: mode.calibrate(self.model)) if template is not None else None,
+                                graph_constants=mode.kernel.graph_constants() if mode is not None else None)
         self._compiled = graph.run
         logger.info("encoder graph %s in %.2f s (compile %.2f s, load %.2f s)%s",
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
                     graph.compile_s, graph.load_s, f": {graph.path}" if graph.path else "")
         seconds = graph.compile_s + graph.load_s
-        if calibrating:
-            self._finish_int8()
+        if template is not None and mode is not None:
+            mode.measure_and_store(self.model)
+            self._apply_gate()
             if self.quantization is None:  # the gate sent it back to float: compile that
                 seconds += self.compile()
         return seconds
+
+    def _variant(self) -> str | None:
+        """What the compiled package's key says runs: None (float) or "int8-<kernel>"."""
+        return f"int8-{self.int8.kernel.name}" if self.int8 is not None else None
 
     def warm_up(self) -> tuple[float, int]:
         """Run every shape of the plan once (first-call costs are paid here). Returns (seconds

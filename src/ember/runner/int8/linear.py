@@ -1,0 +1,150 @@
+"""Int8Linear, the int8 model's linear layer, and RationalGELU, the GELU that feeds it.
+
+Per linear, y = x W^T + b becomes (Int8Linear.forward):
+- smoothing (SmoothQuant, Xiao et al. 2022): x is divided per input channel by
+  s_j = max|X_j|^a / max|W_j|^(1-a) and W's column j multiplied by it, which moves the range of
+  a few outlier channels from the activations into the weights;
+- weights: int8, one scale per output channel, quantized once at load;
+- activations: per token (row), asymmetric: the row's [min, max] is mapped onto the kernel's
+  grid (256 steps for int_mm, 128 for onednn: kernel.py), so that a row of GELU outputs (all
+  >= -0.17) uses the whole range; computed inside the compiled graph, fused with whatever
+  produced x;
+- the accumulator is scaled back to float32 with the row and channel scales, plus the row's
+  offset times a precomputed column sum of the int8 weights;
+- outliers: the MAX_OUTLIERS input channels with the highest calibration peaks are zeroed in the
+  int8 path and computed in float32, added in the epilogue.
+
+All of it is plain torch plus the kernel's one op, so the int8 model is exported and AOT-compiled
+like the float32 one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ember.runner.int8.kernel import Int8Kernel
+
+MAX_OUTLIERS = 4
+"""Input channels per linear computed in float32 beside the int8 GEMM: the 4 with the highest
+calibration peaks. In all-MiniLM-L6-v2 the real outliers are the same few hidden dimensions (99,
+62, 63, 223) at the inputs of qkv and ffn_in, 15x the median channel at ffn_in, and one or two
+GELU outputs per ffn_out, up to 16x. Taking them out of the int8 path gives its per-token range to
+the other channels and its per-channel weight scales to the other columns. Min cosine vs float32
+on the bench corpora (int_mm, calibrated on other texts): 0.99854 / 0.99888 without; 0.9993 /
+0.9994 with 4 on every linear, which fixes the structure before calibration."""
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights, run on per-token asymmetric int8 activations, except for
+    a few outlier input channels that stay in float32."""
+
+    BUFFERS = ("inv_smoothing", "weight_int8", "weight_scale", "weight_column_sum", "bias",
+               "outlier_index", "outlier_weight")
+
+    def __init__(self, kernel: Int8Kernel, inv_smoothing: torch.Tensor, weight_int8: torch.Tensor,
+                 weight_scale: torch.Tensor, weight_column_sum: torch.Tensor, bias: torch.Tensor,
+                 outlier_index: torch.Tensor, outlier_weight: torch.Tensor) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.register_buffer("inv_smoothing", inv_smoothing)  # [in], 0 at the outlier channels
+        self.register_buffer("weight_int8", weight_int8)  # [in, out], as _int_mm wants
+        self.register_buffer("weight_scale", weight_scale)  # [out]
+        self.register_buffer("weight_column_sum", weight_column_sum)  # [out], float32 (exact)
+        self.register_buffer("bias", bias)  # [out]
+        self.register_buffer("outlier_index", outlier_index)  # [k], int64; k may be 0
+        self.register_buffer("outlier_weight", outlier_weight)  # [k, out], float32
+        # Row j is one-hot at outlier_index[j]: the forward reads the outliers with sums over the row,
+        # which fuse into the pass that finds the row's range. A gather (index_select or a slice)
+        # made inductor's epilogue 1.6-1.8x slower on a 384 -> 1536 linear; these sums cost 5-9%.
+        selector = torch.zeros(len(outlier_index), inv_smoothing.shape[0])
+        selector[torch.arange(len(outlier_index)), outlier_index] = 1.0
+        self.register_buffer("outlier_selector", selector, persistent=False)
+        if kernel.name == "onednn":  # what the graph multiplies by; weight_int8 stays for the cache
+            self.register_buffer("weight_packed", kernel.pack(weight_int8), persistent=False)
+            self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape[0], dtype=torch.int32),
+                                 persistent=False)
+
+    def use_placeholder_weights(self) -> None:
+        """Make the module exportable without its values: the packed weight is an opaque tensor
+        that torch.export cannot trace, so a template carries a plain int8 tensor of its shape (the
+        package holds no weights; the loaded model's packed weight is handed to it)."""
+        if self.kernel.name == "onednn":
+            self.weight_packed = torch.zeros_like(self.weight_int8)
+
+    @classmethod
+    def from_float(cls, kernel: Int8Kernel, linear: nn.Linear, smoothing: torch.Tensor | None,
+                   outliers: torch.Tensor | None = None) -> Int8Linear:
+        weight = linear.weight.detach().float()
+        outliers = torch.zeros(0, dtype=torch.int64) if outliers is None else outliers.to(torch.int64)
+        outlier_weight = weight[:, outliers].t().contiguous()
+        smoothing = torch.ones(weight.shape[1]) if smoothing is None else smoothing.float()
+        inv_smoothing = 1.0 / smoothing
+        inv_smoothing[outliers] = 0.0  # the int8 path sees zeros there: their range is not its
+        weight = weight * smoothing[None, :]
+        weight[:, outliers] = 0.0
+        steps = kernel.weight_max
+        scale = weight.abs().amax(1).clamp(min=1e-8) / steps
+        quantized = torch.round(weight / scale[:, None]).clamp(-steps, steps).to(torch.int8)
+        bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
+        return cls(kernel, inv_smoothing.contiguous(), quantized.t().contiguous(), scale.contiguous(),
+                   quantized.sum(1, dtype=torch.int32).float().contiguous(), bias.contiguous(),
+                   outliers.contiguous(), outlier_weight)
+
+    @classmethod
+    def from_state(cls, kernel: Int8Kernel, state: dict[str, torch.Tensor]) -> Int8Linear:
+        return cls(kernel, *(state[name] for name in cls.BUFFERS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        smoothed = rows * self.inv_smoothing
+        low = smoothed.amin(-1, keepdim=True)
+        scale = ((smoothed.amax(-1, keepdim=True) - low) / self.kernel.activation_levels).clamp(min=1e-8)
+        steps = torch.round((smoothed - low) / scale)  # [rows, in], in [0, activation_levels]
+        if self.kernel.name == "int_mm":
+            # x ~ scale * (q + 128) + low, q in [-128, 127]. With W ~ W_int8 * weight_scale,
+            # x @ W^T = weight_scale * (scale * (q @ W_int8) + (128 * scale + low) * column_sum(W_int8)).
+            accumulated = torch._int_mm((steps - 128).to(torch.int8), self.weight_int8).float()
+            offset = (128 * scale + low) * self.weight_column_sum
+            out = (accumulated * scale + offset) * self.weight_scale + self.bias
+        else:
+            # x ~ scale * q + low, q in [0, 127]; the kernel applies weight_scale per channel.
+            scaled = torch.ops.onednn.qlinear_pointwise(
+                steps.to(torch.uint8), 1.0, 0, self.weight_packed, self.weight_scale, self.weight_zero_point,
+                None, 1.0, 0, torch.float32, "none", [], "")
+            out = scaled * scale + low * (self.weight_column_sum * self.weight_scale) + self.bias
+        for j in range(self.outlier_selector.shape[0]):  # fixed per layer: unrolled by the export
+            out = out + (rows * self.outlier_selector[j]).sum(-1, keepdim=True) * self.outlier_weight[j]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class RationalGELU(nn.Module):
+    """GELU(x) = x/2 (1 + erf(x / sqrt 2)), with erf from a rational function: u = clamp(x / (4 sqrt 2),
+    -1, 1), erf ~ u P(u^2) / Q(u^2), P and Q of degree 5, fitted towards minimax on [0, 1] (Loeb's
+    linearized least squares, reweighted). Error against torch's exact GELU (tests/runner): at
+    most 1.1e-6 for |x| <= 8, and at most 1e-12 |x| beyond (P(1) / Q(1) = 1 to float32 precision).
+
+    The int8 model uses it where an exact GELU feeds an Int8Linear. It is plain multiply-adds and
+    one division, which inductor fuses and vectorizes; torch's erf costs ~1 ms per 1.45 M values
+    on 2 cores, and MiniLM's ffn_out input kernel computes it twice (once for the row's range, once
+    to quantize). Per MiniLM int8 layer (4 x 256 / 64 x 16 tokens): exact 11.3 / 7.9 ms, this
+    10.7 / 7.4 ms. A polynomial of degree 8 (error 5.5e-5) was 1-4% faster still, but moved the
+    worst of the bench's 512 short texts from 0.99941 to 0.99916 cosine against
+    sentence-transformers; this one 0.99934 (BENCHMARKS.md)."""
+
+    NUMERATOR = (4.5135159155, 12.558530117, 54.747072419, 65.576324102, 75.490634483, 8.2817007375)
+    DENOMINATOR = (1.0, 8.1157257896, 29.815487258, 63.251155192, 79.691158462, 39.294249807)
+    INPUT_SCALE = 0.7071067811865476 / 4.0  # u = x / sqrt(2) / 4, clamped to [-1, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = (x * self.INPUT_SCALE).clamp(-1.0, 1.0)
+        t = u * u
+        return x * 0.5 * (1.0 + u * _horner(t, self.NUMERATOR) / _horner(t, self.DENOMINATOR))
+
+
+def _horner(t: torch.Tensor, coefficients: tuple[float, ...]) -> torch.Tensor:
+    """sum_k coefficients[k] t^k."""
+    out = t * coefficients[-1] + coefficients[-2]
+    for c in reversed(coefficients[:-2]):
+        out = out * t + c
+    return out
