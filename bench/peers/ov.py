@@ -38,14 +38,16 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
     backend = opts["backend"]
     folder = exported_folder(job["model"], backend)
     model_kwargs: dict[str, Any] = {}
-    if opts.get("quantize"):
+    quantize = _quantize_config(opts.get("quantize"))
+    if quantize:
         from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
-        name = f"onnx/model_qint8_{opts['quantize']}.onnx"
-        if not (folder / name).exists():
+        def exported() -> list[Path]:  # model_qint8_avx512_vnni.onnx, but model_quint8_avx2.onnx
+            return sorted((folder / "onnx").glob(f"model_q*int8_{quantize}.onnx"))
+        if not exported():
             export_dynamic_quantized_onnx_model(
-                SentenceTransformer(str(folder), device="cpu", backend="onnx"), opts["quantize"], str(folder))
-        model_kwargs["file_name"] = name
+                SentenceTransformer(str(folder), device="cpu", backend="onnx"), quantize, str(folder))
+        model_kwargs["file_name"] = f"onnx/{exported()[0].name}"
     if opts.get("precision"):
         model_kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": opts["precision"]}
     model = SentenceTransformer(str(folder), device="cpu", backend=backend, model_kwargs=model_kwargs)
@@ -55,7 +57,18 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
         return np.asarray(model.encode(texts, batch_size=32), dtype=np.float32)
 
     info = {"version": sentence_transformers.__version__, "precision": _precision(model, backend)}
+    if quantize:
+        info["onnx_quantize_config"] = quantize
     return embed, info
+
+
+def _quantize_config(requested: str | None) -> str | None:
+    """The ONNX dynamic int8 config for this CPU: "auto" is avx512_vnni where the CPU has VNNI,
+    else avx2 (what a user of this CPU would pick)."""
+    if requested != "auto":
+        return requested
+    flags = Path("/proc/cpuinfo").read_text().split()
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
 
 
 def _precision(model: Any, backend: str) -> str | None:

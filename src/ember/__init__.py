@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ember import omp_defaults
 
-omp_defaults.apply()  # before anything below imports torch
+if TYPE_CHECKING:
+    from ember.config import EngineConfig
+    from ember.entrypoints.llm import LLM
+    from ember.entrypoints.sentence_transformer import SentenceTransformer
+    from ember.errors import (
+        EmberError,
+        EngineDeadError,
+        InvalidRequestError,
+        ModelNotFoundError,
+        OverloadedError,
+        UnsupportedModelError,
+    )
+    from ember.outputs import (
+        CompilationTimes,
+        CompletionOutput,
+        EmbeddingOutput,
+        EmbeddingRequestOutput,
+        RequestOutput,
+    )
+    from ember.params import PoolingParams, SamplingParams
 
-from ember.config import EngineConfig
-from ember.entrypoints.llm import LLM
-from ember.entrypoints.sentence_transformer import SentenceTransformer
-from ember.errors import (
-    EmberError,
-    EngineDeadError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    OverloadedError,
-    UnsupportedModelError,
-)
-from ember.outputs import (
-    CompilationTimes,
-    CompletionOutput,
-    EmbeddingOutput,
-    EmbeddingRequestOutput,
-    RequestOutput,
-)
-from ember.params import PoolingParams, SamplingParams
+_EXPORTS = {
+    "EngineConfig": "ember.config", "LLM": "ember.entrypoints.llm",
+    "SentenceTransformer": "ember.entrypoints.sentence_transformer",
+    **dict.fromkeys(("EmberError", "EngineDeadError", "InvalidRequestError", "ModelNotFoundError", "OverloadedError",
+                     "UnsupportedModelError"), "ember.errors"),
+    **dict.fromkeys(("CompilationTimes", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
+                     "RequestOutput"), "ember.outputs"),
+    **dict.fromkeys(("PoolingParams", "SamplingParams"), "ember.params"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """The public names load on first use, so that `import ember` (and `ember --help`) does not
+    load torch; torch is loaded then, with the OpenMP spin default (omp_defaults.py)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ember' has no attribute {name!r}")
+    import importlib
+
+    omp_defaults.apply()  # before anything below imports torch
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

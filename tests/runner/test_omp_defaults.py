@@ -12,7 +12,7 @@ import pytest
 
 from ember.omp_defaults import SPIN_COUNT
 
-PROBE = ("import json, os, subprocess, sys; {pre}import ember; "
+PROBE = ("import json, os, subprocess, sys; {pre}import ember; ember.LLM; "
          "child = subprocess.run([sys.executable, '-c', 'import os; print(os.environ.get(\\'GOMP_SPINCOUNT\\'))'], "
          "capture_output=True, text=True).stdout.strip(); "
          "print(json.dumps({{'applied': ember.omp_defaults.applied, 'env': os.environ.get('GOMP_SPINCOUNT'), "
@@ -26,7 +26,7 @@ def _probe(pre: str = "", **env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_importing_ember_first_loads_torch_with_the_spin_default_and_leaks_nothing():
+def test_ember_s_api_loads_torch_with_the_spin_default_and_leaks_nothing():
     assert _probe() == {"applied": SPIN_COUNT, "env": None, "child": "None"}
 
 
@@ -40,3 +40,12 @@ def test_a_policy_the_user_set_is_kept(env):
 def test_nothing_is_applied_once_torch_is_loaded():
     """libgomp has read its environment by then: claiming a default would mislead the logs."""
     assert _probe(pre="import torch; ")["applied"] is None
+
+
+def test_the_cli_parses_its_arguments_without_loading_torch():
+    """`ember --help` and argument errors answer at once: torch (3 s, more with inductor) loads
+    only when a command runs."""
+    code = ("import sys; from ember.entrypoints.cli import build_parser; import ember; "
+            "build_parser().parse_args(['serve', '--port', '9']); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"

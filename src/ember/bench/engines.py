@@ -45,12 +45,13 @@ ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec("st-bf16-compile", "sentence-transformers torch bf16 + torch.compile", "st", "st", "bf16",
                {"dtype": "bfloat16", "compile": True}),
     EngineSpec("onnx-fp32", "ONNX Runtime fp32 (via sentence-transformers)", "ov", "ov", "fp32", {"backend": "onnx"}),
-    EngineSpec("onnx-int8", "ONNX Runtime int8 dynamic (avx512_vnni)", "ov", "ov", "int8",
-               {"backend": "onnx", "quantize": "avx512_vnni"}),
+    EngineSpec("onnx-int8", "ONNX Runtime int8 dynamic (config for this CPU: avx512_vnni or avx2)", "ov", "ov", "int8",
+               {"backend": "onnx", "quantize": "auto"}),
     EngineSpec("openvino", "OpenVINO, default precision hint", "ov", "ov", "auto", {"backend": "openvino"}),
     EngineSpec("openvino-f32", "OpenVINO, INFERENCE_PRECISION_HINT=f32", "ov", "ov", "fp32",
                {"backend": "openvino", "precision": "f32"}),
     EngineSpec("vllm-bf16", "vLLM CPU 0.32 dtype=bfloat16", "vllm_cpu", "vllm", "bf16", {"dtype": "bfloat16"}),
+    EngineSpec("vllm-fp32", "vLLM CPU 0.32 dtype=float32", "vllm_cpu", "vllm", "fp32", {"dtype": "float32"}),
     EngineSpec("vllm-fp16", "vLLM CPU 0.32 default dtype (fp16)", "vllm_cpu", "vllm", "fp16", {"dtype": "auto"}),
 )
 

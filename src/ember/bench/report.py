@@ -12,7 +12,8 @@ def machine_line(report: dict[str, Any]) -> str:
         line += " (no AMX)"
     peak = report.get("gemm_peak_gflops")
     if peak:
-        line += f". torch matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+        bf16 = f"{peak['bf16']:.0f} GFLOP/s" if peak["bf16"] else "not measured (no native bf16: emulated, very slow)"
+        line += f". torch matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {bf16}"
     load = report.get("load_average_start")
     if load:
         line += f". Load average (1 min) at start / end: {load[0]:.1f} / {report['load_average_end'][0]:.1f}"
@@ -56,7 +57,8 @@ def _throughput_row(entry: dict[str, Any], corpus_name: str) -> str:
     run = result.get("corpora", {}).get(corpus_name)
     if run is None:
         return f"| {_label(entry)} | failed: {result.get('error', 'no result')} |" + " |" * 10
-    roof = f"{100 * run['roofline_fp32']:.0f}% / {100 * run['roofline_bf16']:.0f}%"
+    bf16 = f"{100 * run['roofline_bf16']:.0f}%" if run.get("roofline_bf16") else "-"
+    roof = f"{100 * run['roofline_fp32']:.0f}% / {bf16}"
     best = run["n"] / min(run["times_s"])
     return (f"| {_label(entry)} | {run['texts_s']:.1f} | {best:.1f} | {run['tokens_s']:.0f} | {_fmt(run.get('vs_best_peer'), '.2f', 'x')} "
             f"| {_fmt(run.get('vs_best_same_precision_peer'), '.2f', 'x')} | {roof} | {_fmt(run.get('min_cosine'), '.6f')} "

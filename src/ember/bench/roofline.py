@@ -26,6 +26,12 @@ def gemm_peak_gflops(dtype: torch.dtype, *, seconds: float = 0.4) -> float:
     return best
 
 
+def has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512_BF16, AMX); elsewhere torch emulates it at
+    a fraction of fp32's rate and a bf16 roofline means nothing (and takes minutes to measure)."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_description()["flags"]))
+
+
 def flops_per_token(model_folder: str, mean_len: float) -> float:
     """Encoder FLOPs per token: the linear layers plus attention scores and values at mean_len."""
     cfg = json.loads((Path(model_folder) / "config.json").read_text())
@@ -46,6 +52,6 @@ def cpu_description() -> dict[str, object]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
     return {"model": model, "threads": torch.get_num_threads(),
             "flags": [f for f in wanted if f in flags]}

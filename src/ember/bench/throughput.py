@@ -89,14 +89,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         if cfg.task == "throughput":
             logger.info("measuring the GEMM roofline (round %d)", round_index + 1)
             peaks.append({"fp32": roofline.gemm_peak_gflops(torch.float32),
-                          "bf16": roofline.gemm_peak_gflops(torch.bfloat16)})
+                          "bf16": roofline.gemm_peak_gflops(torch.bfloat16) if roofline.has_native_bf16() else None})
         for entry in report["engines"]:
             if "skipped" not in entry:
                 _run_round(entry, job, runners, round_index)
     report["load_average_end"] = os.getloadavg()
     if cfg.task == "throughput":
         # The best measurement is the machine's capability; lower ones were disturbed by load.
-        report["gemm_peak_gflops"] = {k: max(p[k] for p in peaks) for k in ("fp32", "bf16")}
+        report["gemm_peak_gflops"] = {k: max((p[k] for p in peaks if p[k]), default=None) for k in ("fp32", "bf16")}
         _add_reference(report, job, runners)
         _add_metrics(report)
     return report
@@ -193,8 +193,8 @@ def _add_metrics(report: dict[str, Any]) -> None:
             tokens_s = info["tokens"] / run["median_s"]
             run.update(texts_s=info["n"] / run["median_s"], tokens_s=tokens_s,
                        roofline_fp32=tokens_s * flops / (peak["fp32"] * 1e9),
-                       roofline_bf16=tokens_s * flops / (peak["bf16"] * 1e9),
-                       roofline_best=tokens_s * flops / (max(peak.values()) * 1e9))
+                       roofline_bf16=tokens_s * flops / (peak["bf16"] * 1e9) if peak["bf16"] else None,
+                       roofline_best=tokens_s * flops / (max(p for p in peak.values() if p) * 1e9))
             if ref is not None:
                 run["min_cosine"] = min_cosine(np.load(run["embeddings"]), ref)
         _add_peer_ratios(report, name)

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ember import omp_defaults
+
+    omp_defaults.apply()  # before the commands load torch
     from ember.entrypoints import commands
     from ember.errors import EmberError
 

@@ -37,9 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch._inductor
 
-from ember.runner.aoti_build import build_fast
 from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
@@ -59,15 +57,15 @@ class CompiledGraph:
     path: Path | None
 
 
-def graph_code_digest() -> str:
+def graph_code_digest(root: Path | None = None) -> str:
     """Digest of the code that defines the exported graph (the model classes, the int8 package and
     its frozen calibration texts): a package or int8 layers built by other code or calibrated on
     other texts are never reused, whatever the version number says."""
-    root = Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
     for source in sorted([*(root / "model").rglob("*.py"), *int8.rglob("*.py"), *int8.glob("*.json")]):
-        digest.update(source.read_bytes())
+        digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -183,7 +181,9 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
             # Inductor writes the thread count into the kernels (#pragma omp parallel num_threads):
             # build them for the engine's threads, not the child's one (a first version did not, and
             # its int8 kernels ran single-threaded: passages 66 -> 49.5 per second).
-            torch._inductor.config.cpp.threads = threads
+            from torch._inductor import config as inductor_config
+
+            inductor_config.cpp.threads = threads
             start = time.perf_counter()
             build()
             status, report = 0, repr(time.perf_counter() - start)
@@ -222,6 +222,12 @@ def _die_with_parent() -> None:
 
 def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | None, plan: ShapePlan, target: Path,
                         pad_id: int) -> None:
+    # Imported here: a start that loads its package from the cache never needs the compiler
+    # (torch._inductor and torch._dynamo take ~2 s to import).
+    from torch._inductor import aoti_compile_and_package
+
+    from ember.runner.aoti_build import build_fast
+
     # The bounds cover the example below even for a plan smaller than it.
     batch = torch.export.Dim("batch", min=EXPORT_MIN_DIM, max=max(plan.max_batch, 3))
     seq = torch.export.Dim("seq", min=EXPORT_MIN_DIM, max=max(plan.max_seq, 3))
@@ -243,7 +249,7 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
             return torch.export.export(graph, example, dynamic_shapes=dynamic)
 
     def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
+        aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
 
     build_fast(compile_package, export)
 
