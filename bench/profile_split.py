@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 from ember import LLM
 from ember.bench import corpus
 
-GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul")
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                  "aten::_softmax")
 
@@ -49,32 +49,38 @@ class Stopwatch:
         return timed
 
 
-def served_split(llm: LLM, texts: list[str], reps: int) -> dict[str, float]:
+def served_split(llm: LLM, texts: list[str], reps: int, single: bool = False) -> dict[str, float]:
+    """Seconds of one `embed` of all texts (single: the sum of one `embed` per text), by part."""
     runner = llm.engine.runner
     forward, tokenize = Stopwatch(), Stopwatch()
     runner._forward = forward.wrap(runner._forward)  # instance attributes shadow the methods
     runner.tokenizer.encode_batch = tokenize.wrap(runner.tokenizer.encode_batch)
-    llm.embed(texts, truncate_prompt_tokens=-1)
+    calls = [[t] for t in texts] if single else [texts]
+
+    def embed() -> None:
+        for call in calls:
+            llm.embed(call, truncate_prompt_tokens=-1)
+    embed()
     runs = []
     for _ in range(reps):
         forward.seconds = tokenize.seconds = 0.0
         start = time.perf_counter()
-        llm.embed(texts, truncate_prompt_tokens=-1)
+        embed()
         wall = time.perf_counter() - start
         runs.append({"wall": wall, "forward": forward.seconds, "tokenize": tokenize.seconds})
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
-def kernel_split(llm: LLM, texts: list[str], calls: int = 20) -> tuple[Counter[str], tuple[int, int], float]:
+def kernel_split(llm: LLM, texts: list[str], calls: int = 20, single: bool = False) -> tuple[Counter[str], tuple[int, int], float]:
     """Seconds per layer call by kernel group (and per fused kernel), the batch shape, and the
-    wall time per call of the compiled layer."""
+    wall time per call of the compiled layer. single: a batch of one text (a search query)."""
     import torch._inductor.config as inductor_config
 
     runner = llm.engine.runner
     limit = runner.info.max_model_len
     lengths = sorted(len(t.token_ids) for t in runner.tokenizer.encode_batch(texts, [limit] * len(texts)))
     seq = lengths[len(lengths) // 2]
-    batch = max(1, min(runner.plan.max_batch, runner.plan.max_tokens // seq))
+    batch = 1 if single else max(1, min(runner.plan.max_batch, runner.plan.max_tokens // seq))
     hidden = torch.randn(batch, seq, runner.info.hidden_size)
     mask = torch.ones(batch, 1, 1, seq, dtype=torch.bool)
     with inductor_config.patch({"cpp.enable_kernel_profile": True}), torch.no_grad():
@@ -104,15 +110,17 @@ def main() -> None:
     parser.add_argument("--corpus", choices=["short", "passages"], default="passages")
     parser.add_argument("--n", type=int, default=None, help="texts (default 512 short / 128 passages)")
     parser.add_argument("--quantization", choices=["auto", "int8", "none"], default="auto",
-                        help="auto (the default: int8 where the CPU has VNNI), int8, or none (float)")
+                        help="auto (the default: int8 where the CPU has a fast int8 kernel), int8, or none (float)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--single", action="store_true",
+                        help="one text per call (the latency case): embed each text alone, and split a batch of one")
     args = parser.parse_args()
     texts = corpus.load(args.corpus, args.n or (512 if args.corpus == "short" else 128))
 
     llm = LLM(quantization=None if args.quantization == "none" else args.quantization)
     quantization = llm.stats()["quantization"]
-    served = served_split(llm, texts, args.reps)
-    groups, shape, per_call = kernel_split(llm, texts)
+    served = served_split(llm, texts, args.reps, single=args.single)
+    groups, shape, per_call = kernel_split(llm, texts, single=args.single)
     engine_rest = served["wall"] - served["forward"] - served["tokenize"]
 
     print(f"{len(texts)} {args.corpus} texts, quantization={args.quantization} (ran: {quantization}), torch {torch.__version__}, "
