@@ -6,7 +6,9 @@ built on the meta device, with load_state_dict(assign=True): no second copy of t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,7 @@ def build_model(folder: ModelFolder, dtype: torch.dtype) -> nn.Module:
     """Instantiate the architecture and load its weights in `dtype`, in eval mode."""
     cls = model_class(folder.architecture)
     cfg = cls.config_from_hf(folder.hf_config)
-    with torch.device("meta"):
+    with torch.device("meta"), _no_weight_init():
         model = cls(cfg)
     weights = load_weights(folder.path)
     try:
@@ -92,3 +94,22 @@ def build_model(folder: ModelFolder, dtype: torch.dtype) -> nn.Module:
     except (RuntimeError, KeyError) as exc:
         raise UnsupportedModelError(f"weights in {folder.path} do not fit {folder.architecture}: {exc}") from exc
     return model.eval().requires_grad_(False)
+
+
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+                   "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Skip torch.nn.init while the model is built on the meta device: the weights are assigned
+    from the checkpoint right after, and initializing meta tensors goes through torch's reference
+    ops, whose first use imports torch._dynamo (~2 s of a warm start)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)

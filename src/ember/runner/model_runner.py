@@ -55,8 +55,6 @@ class ModelRunner:
             model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
         """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
-        if self.quantization == "int8" and kernel is None:  # asked for on a CPU without a fast kernel
-            kernel = int8.choose_kernel("int_mm", set())
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.info = self._model_info()
@@ -70,7 +68,7 @@ class ModelRunner:
         """The int8 lifecycle while quantization is "int8" (None in float)."""
         self._calibration_pending = False
         if self.quantization == "int8":
-            assert kernel is not None
+            kernel = kernel or int8.INT_MM  # asked for on a CPU without a fast kernel: the portable one
             self.int8 = int8.Int8Mode(kernel, self._int8_layers_path(kernel), mc.quantization_min_cosine,
                                       required=mc.quantization == "int8", embed_texts=self._embed_texts)
             self._prepare_int8()
