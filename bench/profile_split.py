@@ -83,7 +83,8 @@ def kernel_split(llm: LLM, texts: list[str], calls: int = 20, single: bool = Fal
     batch = 1 if single else max(1, min(runner.plan.max_batch, runner.plan.max_tokens // seq))
     hidden = torch.randn(batch, seq, runner.info.hidden_size)
     mask = torch.ones(batch, 1, 1, seq, dtype=torch.bool)
-    with inductor_config.patch({"cpp.enable_kernel_profile": True}), torch.no_grad():
+    # freezing: the oneDNN kernel's prepacked weight must be a graph constant for its lowering.
+    with inductor_config.patch({"cpp.enable_kernel_profile": True, "freezing": True}), torch.no_grad():
         layer = torch.compile(runner.model.layers[0], dynamic=False)
         for _ in range(3):
             layer(hidden, mask)
