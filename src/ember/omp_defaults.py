@@ -4,7 +4,7 @@ libgomp's worker threads spin ~5 ms after a parallel region, then sleep on a fut
 costs ~10 ms on the 2-vCPU machines this was measured on, so a single short text that arrives
 0.1 s after the previous one took 16 ms instead of 4 ms back to back. Spinning for ~0.15 s
 (GOMP_SPINCOUNT=10**7) brings it to 6.6 ms, for at most 0.15 s of one core after the last call
-(BENCHMARKS.md, "Latency after an idle pause"). ONNX Runtime's thread pool spins by default too.
+(bench/results/2026-11-27-1a9a8b8-xeon-vnni/history.md, "Latency after an idle pause"). ONNX Runtime's thread pool spins by default too.
 
 Only a default: nothing is changed when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, and it
 cannot apply when torch was imported before ember (libgomp reads its environment once, at load).

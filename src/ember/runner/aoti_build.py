@@ -2,7 +2,7 @@
 
 Measured on the 2-core Xeon with all-MiniLM-L6-v2, from a fresh machine (empty inductor cache
 and /tmp), process launch to LLM() ready: 36.4 s with inductor's defaults, 19.5 s with all of
-this (BENCHMARKS.md, "First call and startup"). Each piece, in the order it pays:
+this (bench/results/2026-11-27-1a9a8b8-xeon-vnni/history.md, "First call and startup"). Each piece, in the order it pays:
 
 - no precompiled headers (-7 s fresh): a header build pays off only over many compiles;
 - trust /proc/cpuinfo for the vector ISA (-5 s): inductor otherwise compiles and dlopens one
