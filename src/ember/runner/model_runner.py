@@ -19,7 +19,6 @@ from ember.runner.aot_package import load_or_compile, package_key
 from ember.runner.batch import Batch
 from ember.runner.compile import CompileCounter, ShapePlan, resolve_cache_dir
 from ember.runner.device import cpu_flags, resolve_dtype
-from ember.runner.memory import release_free_memory
 from ember.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
