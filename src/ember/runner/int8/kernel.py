@@ -36,8 +36,6 @@ class Int8Kernel:
     """"int_mm" or "onednn"."""
     activation_levels: int
     """Steps of the per-token activation grid: 255 (8 bits) or 127 (7 bits)."""
-    weight_max: int = 127
-    """Largest int8 weight step."""
     float_linears: tuple[str, ...] = ()
     """Linears (by attribute name) that stay in float32 with this kernel."""
 

@@ -83,9 +83,8 @@ class Int8Linear(nn.Module):
         inv_smoothing[outliers] = 0.0  # the int8 path sees zeros there: their range is not its
         weight = weight * smoothing[None, :]
         weight[:, outliers] = 0.0
-        steps = kernel.weight_max
-        scale = weight.abs().amax(1).clamp(min=1e-8) / steps
-        quantized = torch.round(weight / scale[:, None]).clamp(-steps, steps).to(torch.int8)
+        scale = weight.abs().amax(1).clamp(min=1e-8) / 127
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(weight.shape[0])
         return cls(kernel, inv_smoothing.contiguous(), quantized.t().contiguous(), scale.contiguous(),
                    quantized.sum(1, dtype=torch.int32).float().contiguous(), bias.contiguous(),
