@@ -49,7 +49,7 @@ def free_port() -> int:
 def start_server(model: str | None, port: int, extra: list[str], log: str | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ember.entrypoints.cli", "serve", *([model] if model else []),
            "--port", str(port), "--log-level", "info" if log else "warning", *extra]
-    proc = subprocess.Popen(cmd, stderr=open(log, "w") if log else None)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stderr=open(log, "w") if log else None)
     url = f"http://127.0.0.1:{port}"
     while True:
         if proc.poll() is not None:

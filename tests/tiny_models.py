@@ -26,8 +26,10 @@ def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
-def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: tuple[str, str]) -> int:
-    """A real WordPiece tokenizer.json; returns the vocab size. specials: role -> token."""
+def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: tuple[str, str], *,
+                              roberta_pairs: bool = False, model_max_length: int = 512) -> int:
+    """A real WordPiece tokenizer.json; returns the vocab size. specials: role -> token.
+    roberta_pairs: pairs as RoBERTa writes them (<s> a </s></s> b </s>, all segment ids 0)."""
     vocab: dict[str, int] = {}
     for token in specials.values():
         vocab.setdefault(token, len(vocab))
@@ -41,14 +43,17 @@ def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: 
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     bos, eos = template
+    pair = f"{bos} $A {eos} {eos} $B {eos}" if roberta_pairs else f"{bos} $A {eos} $B:1 {eos}:1"
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1",
-        special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])],
+        single=f"{bos} $A {eos}", pair=pair, special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])],
     )
     tok.add_special_tokens(list(specials.values()))
     tok.save(str(folder / "tokenizer.json"))
+    # BERT-style tokenizers hand transformers the segment ids (RoBERTa's are all 0 and left out).
+    inputs = ["input_ids", "attention_mask"] if roberta_pairs else ["input_ids", "token_type_ids", "attention_mask"]
     write_json(folder / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **specials,
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+        "model_input_names": inputs, **specials,
     })
     write_json(folder / "special_tokens_map.json", specials)
     return len(vocab)
@@ -102,6 +107,44 @@ def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: boo
     torch.manual_seed(0)
     XLMRobertaModel(config, add_pooling_layer=False).eval().save_pretrained(folder, safe_serialization=True)
     write_st_modules(folder, 32, pooling, normalize, max_seq_length)
+    return folder
+
+
+CLASSIFIER_KINDS = ("bert", "roberta", "xlm-roberta")
+LABELS_3 = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def build_tiny_classifier(folder: Path, kind: str = "bert", num_labels: int = 1, *,
+                          problem_type: str | None = None, hidden_size: int = 32, num_layers: int = 2,
+                          intermediate_size: int = 64) -> Path:
+    """A sequence-classification checkpoint as transformers saves it (no sentence-transformers
+    files): one label is a cross-encoder reranker, several a classifier. Weights are drawn wider
+    than transformers' default (std 0.2) so that scores spread and rank orders are meaningful."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bert = kind == "bert"
+    specials = ({"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                 "mask_token": "[MASK]"} if bert else
+                {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                 "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"})
+    template = ("[CLS]", "[SEP]") if bert else ("<s>", "</s>")
+    vocab_size = build_wordpiece_tokenizer(folder, specials, template, roberta_pairs=not bert, model_max_length=128)
+    config_cls, model_cls = {
+        "bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
+        "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification),
+        "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification),
+    }[kind]
+    labels = {0: "relevance"} if num_labels == 1 else {i: LABELS_3.get(i, f"LABEL_{i}") for i in range(num_labels)}
+    extra = {"pad_token_id": 0} if bert else {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                                               "type_vocab_size": 1}
+    config = config_cls(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                        num_attention_heads=4, intermediate_size=intermediate_size,
+                        max_position_embeddings=128 if bert else 130, initializer_range=0.2,
+                        num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+                        problem_type=problem_type, **extra)
+    torch.manual_seed(0)
+    model_cls(config).eval().save_pretrained(folder, safe_serialization=True)
     return folder
 
 

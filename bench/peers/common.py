@@ -52,7 +52,7 @@ def run_throughput(job: dict[str, Any], embed: Embed) -> dict[str, Any]:
         vectors = embed(texts)  # warm-up pass: lazily compiled peers compile here, untimed
         times = []
         for _ in range(job["runs"]):
-            seconds, vectors = timed(lambda: embed(texts))
+            seconds, vectors = timed(lambda texts=texts: embed(texts))
             times.append(seconds)
         path = os.path.join(job["out_dir"], f"{name}.npy")
         np.save(path, np.asarray(vectors, dtype=np.float32))
@@ -68,7 +68,7 @@ def run_latency(job: dict[str, Any], embed: Embed) -> dict[str, Any]:
         embed([texts[i % len(texts)]])
     times_ms = []
     for i in range(job["latency_calls"]):
-        seconds, _ = timed(lambda: embed([texts[i % len(texts)]]))
+        seconds, _ = timed(lambda i=i: embed([texts[i % len(texts)]]))
         times_ms.append(seconds * 1000.0)
     times_ms.sort()
     return {"p50_ms": _quantile(times_ms, 0.50), "p99_ms": _quantile(times_ms, 0.99),
@@ -77,7 +77,7 @@ def run_latency(job: dict[str, Any], embed: Embed) -> dict[str, Any]:
 
 def _quantile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank quantile (p99 of 200 calls is the 198th value)."""
-    index = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values))) - 1))
+    index = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values)) - 1))
     return sorted_values[index]
 
 

@@ -1,4 +1,4 @@
-"""Ember: a CPU-first inference engine for embedding models."""
+"""Ember: a CPU-first inference engine for embedding, reranking and classification models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from ember import omp_defaults
 
 if TYPE_CHECKING:
     from ember.config import EngineConfig
+    from ember.entrypoints.cross_encoder import CrossEncoder
     from ember.entrypoints.llm import LLM
     from ember.entrypoints.sentence_transformer import SentenceTransformer
     from ember.errors import (
@@ -19,21 +20,27 @@ if TYPE_CHECKING:
         UnsupportedModelError,
     )
     from ember.outputs import (
+        ClassificationOutput,
+        ClassificationRequestOutput,
         CompilationTimes,
         CompletionOutput,
         EmbeddingOutput,
         EmbeddingRequestOutput,
         RequestOutput,
+        RerankOutput,
+        ScoringOutput,
+        ScoringRequestOutput,
     )
     from ember.params import PoolingParams, SamplingParams
 
 _EXPORTS = {
     "EngineConfig": "ember.config", "LLM": "ember.entrypoints.llm",
-    "SentenceTransformer": "ember.entrypoints.sentence_transformer",
+    "SentenceTransformer": "ember.entrypoints.sentence_transformer", "CrossEncoder": "ember.entrypoints.cross_encoder",
     **dict.fromkeys(("EmberError", "EngineDeadError", "InvalidRequestError", "ModelNotFoundError", "OverloadedError",
                      "UnsupportedModelError"), "ember.errors"),
-    **dict.fromkeys(("CompilationTimes", "CompletionOutput", "EmbeddingOutput", "EmbeddingRequestOutput",
-                     "RequestOutput"), "ember.outputs"),
+    **dict.fromkeys(("ClassificationOutput", "ClassificationRequestOutput", "CompilationTimes", "CompletionOutput",
+                     "EmbeddingOutput", "EmbeddingRequestOutput", "RequestOutput", "RerankOutput", "ScoringOutput",
+                     "ScoringRequestOutput"), "ember.outputs"),
     **dict.fromkeys(("PoolingParams", "SamplingParams"), "ember.params"),
 }
 
@@ -56,8 +63,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
+    "ClassificationOutput",
+    "ClassificationRequestOutput",
     "CompilationTimes",
     "CompletionOutput",
+    "CrossEncoder",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
     "EmberError",
@@ -68,7 +78,10 @@ __all__ = [
     "OverloadedError",
     "PoolingParams",
     "RequestOutput",
+    "RerankOutput",
     "SamplingParams",
+    "ScoringOutput",
+    "ScoringRequestOutput",
     "SentenceTransformer",
     "UnsupportedModelError",
 ]

@@ -16,75 +16,104 @@ DType = Literal["auto", "float32", "bfloat16"]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def option(default: Any = None, help: str = "", *, choices: tuple[Any, ...] | None = None,
+           cli: str | None = None, none_flag: str | None = None, env: str | None = None) -> Any:
+    """A config field and its command-line flag, in one place (entrypoints/args.py builds the flags).
+
+    Args:
+        default: the field's default (a dict or list default is copied per instance).
+        help: what the field means, shown by --help.
+        choices: the allowed values, when they are few.
+        cli: "positional" for the model argument, "off" for a field without a flag.
+        none_flag: the word that stands for None on the command line ("none" for quantization).
+        env: an environment variable that gives the flag's default (read when the CLI parses).
+    """
+    meta = {"help": help, "choices": choices, "cli": cli, "none_flag": none_flag, "env": env}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    model: str = DEFAULT_MODEL
-    """A model folder, or a known name that resolves to an installed package's folder."""
-    dtype: DType = "auto"
-    """Compute dtype. "auto" picks bfloat16 where the CPU has native bf16, else float32."""
-    max_model_len: int | None = None
-    """Longest sequence in tokens (special tokens included). Default: the model's limit."""
-    seed: int = 0
-    """Seed applied to every random generator after warm-up (python, numpy, torch)."""
-    quantization: str | None = "auto"
-    """"int8": int8 linears on per-token int8 activations (runner/int8/), compiled like the
-    float32 model; refused at startup below quantization_min_cosine. "auto": int8 where the CPU
-    has a fast int8 kernel (VNNI, or AVX2 through oneDNN), the dtype is "auto" and the model
-    compiles, falling back to float below quantization_min_cosine; else float. None: float (dtype)."""
-    int8_kernel: str = "auto"
-    """The int8 GEMM: "int_mm" (torch._int_mm, fast with VNNI/AMX), "onednn" (oneDNN u8 x s8 on
-    7-bit activations, fast on AVX2 without VNNI), or "auto": the one this CPU runs fast."""
-    quantization_min_cosine: float = 0.999
-    """The int8 model's lowest cosine against float32 on the built-in probe set must reach this."""
-    pooler_config: dict[str, Any] | None = None
-    """Overrides of the model's pooling: {"pooling_type": "MEAN", "normalize": true}."""
-    served_model_name: str | None = None
-    """Name reported by the API. Default: the model argument."""
+    model: str = option(DEFAULT_MODEL, "model folder or installed name", cli="positional")
+    dtype: DType = option("auto", "compute dtype; auto: bfloat16 where the CPU has native bf16, else float32",
+                          choices=("auto", "float32", "bfloat16"))
+    max_model_len: int | None = option(None, "longest sequence in tokens, special tokens included "
+                                       "(default: the model's limit)")
+    seed: int = option(0, "seed of every random generator (python, numpy, torch), applied after warm-up")
+    quantization: str | None = option(
+        "auto", "int8: int8 linears on per-token int8 activations (runner/int8/), refused at startup below "
+        "--quantization-min-cosine; auto: int8 where the CPU has a fast int8 kernel, the dtype is auto and the "
+        "model compiles, float if int8 misses the gate; none: float (--dtype)",
+        choices=("auto", "int8", None), none_flag="none")
+    int8_kernel: str = option("auto", "int8 GEMM: int_mm (torch._int_mm, fast with VNNI/AMX), onednn (u8 x s8 on "
+                              "7-bit activations, fast on AVX2 without VNNI), auto: the one this CPU runs fast",
+                              choices=("auto", "int_mm", "onednn"))
+    quantization_min_cosine: float = option(0.999, "lowest cosine vs float32 the int8 model must reach on the "
+                                            "built-in probe set (embeddings, or scores for classifiers)")
+    pooler_config: dict[str, Any] | None = option(None, 'overrides of the model\'s pooling, JSON: '
+                                                  '\'{"pooling_type": "CLS", "normalize": true}\'')
+    served_model_name: str | None = option(None, "name reported and accepted by the API (default: the model "
+                                           "argument)")
 
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
-    max_num_batched_tokens: int | None = None
-    """Budget of a batch in padded tokens (rows x longest row). None: 2048 for encoders, 1024 in int8 (their
-    activations then stay in the CPU caches: passages/s +20% over 8192, measured in
-    BENCHMARKS.md) and 8192 for decoder prefill; never below max_model_len."""
-    max_num_seqs: int = 64
-    """Most sequences in one batch."""
-    max_waiting_requests: int = 4096
-    """Bound of the request queue (server); past it requests are refused with 503."""
+    max_num_batched_tokens: int | None = option(
+        None, "padded-token budget of one batch, rows x longest row (default: 2048 for encoders, 1024 in int8, "
+        "whose activations then stay in the CPU caches, 8192 for decoder prefill; never below max_model_len)")
+    max_num_seqs: int = option(64, "most sequences in one batch")
+    max_waiting_requests: int = option(4096, "prompts allowed to wait (server); past it requests get 503 + "
+                                       "Retry-After")
 
 
 @dataclass(frozen=True, slots=True)
 class CompileConfig:
-    enforce_eager: bool = False
-    """Run the model eagerly: no torch.compile, no compile-driven warm-up."""
-    compile_cache_dir: str | None = None
-    """Folder of the on-disk compile cache. None: the default under the user's cache dir;
-    "" turns the disk cache off."""
-    compile_scope: str = "auto"
-    """Encoders: "model" compiles the whole model into one graph; "layer" compiles one layer and
-    runs it once per layer (when the layers share one structure): a first start ~4 s shorter on
-    MiniLM (12 s in int8, more for deeper models), for ~0.3 ms more per call (BENCHMARKS.md).
-    "auto": "layer" for int8 (whose first start must also calibrate), else "model"."""
+    enforce_eager: bool = option(False, "run the model eagerly: no compile, no compile-driven warm-up")
+    compile_cache_dir: str | None = option(None, "compile cache folder (default: under the user's cache dir; "
+                                           "'' turns the disk cache off)")
+    compile_scope: str = option(
+        "auto", "encoders: model compiles the whole model into one graph; layer compiles one layer, run once per "
+        "layer (shorter first start, ~0.3 ms more per call); auto: layer for int8 and for models that read "
+        "segment ids (cross-encoders), else model", choices=("auto", "model", "layer"))
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
-    threads: int | None = None
-    """Intra-op threads for the model. Default: the number of physical cores."""
-    memory_limit: int | None = None
-    """Resident memory budget in bytes; startup fails if the model does not fit."""
+    threads: int | None = option(None, "intra-op threads for the model (default: the number of physical cores)")
+    memory_limit: int | None = option(None, "resident memory budget in bytes; startup fails if the model does "
+                                      "not fit")
 
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    kv_cache_memory: int | None = None
-    """KV-cache budget in bytes (models with a KV cache). Default: kv_cache_memory_fraction of the
-    memory available after the profiling run."""
-    kv_cache_memory_fraction: float = 0.25
-    """Share of the available memory given to the KV cache when kv_cache_memory is not set."""
-    block_size: int = 16
-    """Tokens per KV-cache block."""
+    kv_cache_memory: int | None = option(None, "KV-cache budget in bytes, decoders (default: "
+                                         "--kv-cache-memory-fraction of the memory left after profiling)")
+    kv_cache_memory_fraction: float = option(0.25, "share of the available memory given to the KV cache when "
+                                             "--kv-cache-memory is not set")
+    block_size: int = option(16, "tokens per KV-cache block")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What `ember serve` adds to the engine: where it listens and who may call it."""
+
+    host: str = option("127.0.0.1", "address to bind")
+    port: int = option(8000, "port to bind")
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on every route but /health and "
+                                 "/metrics", env="EMBER_API_KEY")
+    max_body_bytes: int = option(32 * 2**20, "largest request body in bytes; larger ones get 413")
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def verify(self) -> None:
+        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise InvalidRequestError(f"port must be in [0, 65535], got {self.port!r}", param="port")
+        _positive("max_body_bytes", self.max_body_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +130,7 @@ class EngineConfig:
         if model is not None:
             kwargs["model"] = model
         parts: dict[str, Any] = {}
-        for name, part_cls in _PARTS.items():
+        for name, part_cls in ENGINE_PARTS.items():
             names = {f.name for f in dataclasses.fields(part_cls)}
             part_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
             parts[name] = part_cls(**part_kwargs)
@@ -154,7 +183,7 @@ class EngineConfig:
             raise InvalidRequestError(f"seed must be an integer, got {m.seed!r}", param="seed")
 
 
-_PARTS = {
+ENGINE_PARTS = {
     "model_config": ModelConfig,
     "scheduler_config": SchedulerConfig,
     "compile_config": CompileConfig,
@@ -172,13 +201,17 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What the loaded model is and serves; resolved by the loader, read by request checks."""
+    """What the loaded model is and serves; resolved by the runner, read by request checks."""
 
     architecture: str
     hidden_size: int
     max_model_len: int
     pooling_type: str
     normalize: bool
+    vocab_size: int = 0
+    """Token ids must lie in [0, vocab_size)."""
+    tasks: tuple[str, ...] = ("embed", "token_embed")
+    """The pooling tasks this model serves (params.POOLING_TASKS), plus "generate" for decoders."""
     has_kv_cache: bool = False
     embedding_dimension: int | None = None
     """Size of the vectors the model returns (after any Dense module)."""
@@ -187,3 +220,18 @@ class ModelInfo:
     is_matryoshka: bool = True
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    labels: tuple[str, ...] = ()
+    """Classifiers: the label of each output, in order (config.json's id2label)."""
+    multi_label: bool = False
+    """Classifiers: problem_type "multi_label_classification" (sigmoid per label, not softmax)."""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def check_task(self, task: str) -> None:
+        """InvalidRequestError naming the tasks this model serves, when `task` is not one of them."""
+        if task not in self.tasks:
+            raise InvalidRequestError(
+                f"model {self.architecture} does not serve the {task!r} task; it serves: {', '.join(self.tasks)}",
+                param="task")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,54 @@ class EmbeddingRequestOutput:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
+
+
+@dataclass(slots=True)
+class ClassificationOutput:
+    """One prompt's class scores: probabilities (or logits, with use_activation=False), label order."""
+
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass(slots=True)
+class ClassificationRequestOutput:
+    request_id: str
+    outputs: ClassificationOutput
+    prompt_token_ids: list[int]
+    label: str
+    """The label of the highest score."""
+    truncated: bool = False
+    finished: bool = True
+
+
+@dataclass(slots=True)
+class ScoringOutput:
+    """One pair's relevance: a cross-encoder's score (sigmoid of its logit by default) or the
+    cosine of an embedding model's two vectors."""
+
+    score: float
+
+
+@dataclass(slots=True)
+class ScoringRequestOutput:
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    """A cross-encoder's pair tokens; for a bi-encoder, both texts' tokens in turn."""
+    finished: bool = True
+
+
+@dataclass(slots=True)
+class RerankOutput:
+    """`LLM.rerank`: documents by decreasing relevance, with the tokens the model read."""
+
+    results: list[Any]
+    """RankedDocument(index, relevance_score, document), best first."""
+    num_tokens: int
 
 
 @dataclass(slots=True)

@@ -8,8 +8,10 @@ from typing import Literal
 from ember.config import ModelInfo
 from ember.errors import InvalidRequestError
 
-PoolingTask = Literal["embed", "token_embed"]
-POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed")
+PoolingTask = Literal["embed", "token_embed", "classify", "score"]
+POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score")
+"""embed: one vector per prompt; token_embed: one vector per token; classify: one probability (or
+logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1)."""
 
 
 @dataclass(slots=True)
@@ -21,13 +23,16 @@ class PoolingParams:
         dimensions: matryoshka truncation (truncate, then renormalize if normalizing).
         truncate_prompt_tokens: keep at most this many tokens (special tokens included);
             -1 means the model's max length. None: over-long prompts are an error.
-        truncation_side: which end is cut when truncating.
+        truncation_side: which end is cut when truncating (a pair: "longest_first", as transformers).
+        use_activation: classify/score: apply the model's activation (sigmoid for one label or
+            multi-label, softmax otherwise) to the logits. None: True.
     """
 
     normalize: bool | None = None
     dimensions: int | None = None
     truncate_prompt_tokens: int | None = None
     truncation_side: Literal["right", "left"] = "right"
+    use_activation: bool | None = None
 
     def verify(self, task: str, info: ModelInfo) -> None:
         """Raise InvalidRequestError naming the field when this request cannot run."""
@@ -35,8 +40,14 @@ class PoolingParams:
             raise InvalidRequestError(
                 f"pooling_task must be one of {', '.join(POOLING_TASKS)}; got {task!r}", param="pooling_task"
             )
+        info.check_task(task)
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise InvalidRequestError(f"normalize must be a boolean, got {self.normalize!r}", param="normalize")
+        if self.normalize is not None and task in ("classify", "score") and info.num_labels:
+            raise InvalidRequestError(f"normalize applies to vectors, not to the {task} task", param="normalize")
+        if self.use_activation is not None and not isinstance(self.use_activation, bool):
+            raise InvalidRequestError(f"use_activation must be a boolean, got {self.use_activation!r}",
+                                      param="use_activation")
         if self.truncation_side not in ("right", "left"):
             raise InvalidRequestError(
                 f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}", param="truncation_side"

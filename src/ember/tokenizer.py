@@ -6,6 +6,7 @@ The folder's tokenizer.json may carry its own truncation/padding (the packaged M
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,8 @@ class Tokenized:
     token_ids: list[int]
     truncated: bool = False
     num_original_tokens: int = 0
+    token_type_ids: list[int] | None = None
+    """A pair's segment ids (0 for the first text, 1 for the second); None for one text."""
 
 
 class TextTokenizer:
@@ -37,6 +40,8 @@ class TextTokenizer:
             raise UnsupportedModelError(f"cannot read {file}: {exc}") from exc
         self._tok.no_truncation()
         self._tok.no_padding()
+        self._pair_tokenizers: dict[int, Tokenizer] = {}
+        self._pair_lock = threading.Lock()
         self.do_lower_case = do_lower_case
         self.num_special_tokens = self._tok.num_special_tokens_to_add(is_pair=False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -79,6 +84,43 @@ class TextTokenizer:
             cut = dict(zip(over, self._encode_cut([texts[i] for i in over], [limits[i] for i in over], side)))
         return [Tokenized(cut[i], True, len(ids)) if i in cut else Tokenized(ids, False, len(ids))
                 for i, ids in enumerate(rows)]
+
+    def encode_pairs(self, pairs: list[tuple[str, str]], limit: int | None) -> list[Tokenized]:
+        """Encode text pairs as cross-encoders read them (BERT: [CLS] a [SEP] b [SEP], segment ids
+        0 then 1); over `limit` tokens, the longer text is cut first ("longest_first", as
+        transformers and sentence-transformers' CrossEncoder do)."""
+        if self.do_lower_case:
+            pairs = [(a.lower(), b.lower()) for a, b in pairs]
+        full = self._tok.encode_batch(pairs, add_special_tokens=True)
+        lengths = [len(enc.ids) for enc in full]
+        over = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+        if over:
+            assert limit is not None
+            cut = self._pair_tokenizer(limit).encode_batch([pairs[i] for i in over], add_special_tokens=True)
+            full = list(full)
+            for i, enc in zip(over, cut):
+                full[i] = enc
+        return [Tokenized(enc.ids, n > len(enc.ids), n, enc.type_ids) for enc, n in zip(full, lengths)]
+
+    def cut_texts(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first `max_tokens` tokens (special tokens not counted), at the
+        character where the next token starts: Cohere's max_tokens_per_doc."""
+        out = []
+        for text, enc in zip(texts, self._tok.encode_batch(texts, add_special_tokens=False)):
+            out.append(text if len(enc.ids) <= max_tokens else text[: enc.offsets[max_tokens - 1][1]])
+        return out
+
+    def _pair_tokenizer(self, limit: int) -> Tokenizer:
+        """A copy of the tokenizer that truncates pairs to `limit` (one per limit, made once)."""
+        with self._pair_lock:
+            tok = self._pair_tokenizers.get(limit)
+            if tok is None:
+                tok = Tokenizer.from_str(self._tok.to_str())
+                tok.no_padding()
+                tok.enable_truncation(max(limit, self._tok.num_special_tokens_to_add(is_pair=True)),
+                                      strategy="longest_first")
+                self._pair_tokenizers[limit] = tok
+            return tok
 
     def _encode_cut(self, texts: list[str], limits: list[int], side: str) -> list[list[int]]:
         """Encode without special tokens, cut, and let the post-processor add them."""

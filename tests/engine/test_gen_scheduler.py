@@ -11,7 +11,7 @@ from ember.runner.block_manager import BlockManager
 
 
 def _seq(i: int, n: int) -> Sequence:
-    return Sequence(str(i), None, list(range(n)), SamplingParams(), max_tokens=100)
+    return Sequence(str(i), list(range(n)), "generate", params=SamplingParams(), max_tokens=100)
 
 
 def test_block_manager_never_hands_out_the_null_block():

@@ -70,7 +70,7 @@ def test_per_request_seed_does_not_depend_on_the_batch(llama: LLM) -> None:
     seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=24, seed=1234, ignore_eos=True)
     free = SamplingParams(temperature=1.0, max_tokens=24, ignore_eos=True)
     alone = llama.generate([PROMPTS[0]], seeded)[0].outputs[0].token_ids
-    mixed = llama.generate(PROMPTS[1:3] + [PROMPTS[0]] + PROMPTS[3:], [free, free, seeded, free, free])
+    mixed = llama.generate([*PROMPTS[1:3], PROMPTS[0], *PROMPTS[3:]], [free, free, seeded, free, free])
     assert mixed[2].outputs[0].token_ids == alone
     assert llama.generate([PROMPTS[0]], seeded)[0].outputs[0].token_ids == alone
 

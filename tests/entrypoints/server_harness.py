@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from ember.config import EngineConfig
+from ember.config import EngineConfig, ServerConfig
 from ember.engine.async_engine import AsyncEngine
 from ember.entrypoints.server.app import create_app
-from ember.entrypoints.server.state import ServerSettings
 from tests.tiny_models import WORDS
 
 DEADLINE_S = 300
@@ -56,9 +55,8 @@ class RunningServer:
     def __init__(self, model: str, *, api_key: str | None = None, served_model_name: str | None = None,
                  max_body_bytes: int = 32 * 2**20, **engine_kwargs: Any) -> None:
         self.port = free_port()
-        self.config = EngineConfig.from_kwargs(model, **engine_kwargs)
-        self.settings = ServerSettings(port=self.port, api_key=api_key, served_model_name=served_model_name,
-                                       max_body_bytes=max_body_bytes)
+        self.config = EngineConfig.from_kwargs(model, served_model_name=served_model_name, **engine_kwargs)
+        self.settings = ServerConfig(port=self.port, api_key=api_key, max_body_bytes=max_body_bytes)
         self.app = create_app(self.config, self.settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="on"))

@@ -62,3 +62,31 @@ def test_models_lists_the_default_model():
     result = ember("models")
     assert result.returncode == 0
     assert "sentence-transformers/all-MiniLM-L6-v2\t/" in result.stdout
+
+
+def test_every_config_field_is_a_flag_that_reaches_the_config(monkeypatch):
+    """The flags are generated from the config dataclasses: each field has one, and its value
+    arrives in the EngineConfig / ServerConfig unchanged; flags not given keep the defaults."""
+    import dataclasses
+
+    from ember.config import ENGINE_PARTS, EngineConfig, ServerConfig
+    from ember.entrypoints import args as cli_args
+    from ember.entrypoints.cli import build_parser
+
+    monkeypatch.setenv("EMBER_API_KEY", "from-env")
+    parser = build_parser()
+    flags = {f"--{f.name.replace('_', '-')}" for part in (*ENGINE_PARTS.values(), ServerConfig)
+             for f in dataclasses.fields(part) if f.name != "model"}
+    sub = next(a for a in parser._actions if a.dest == "command").choices["serve"]
+    assert flags <= {s for a in sub._actions for s in a.option_strings}
+    argv = ["serve", "some/model", "--max-num-seqs", "7", "--quantization", "none", "--enforce-eager",
+            "--pooler-config", '{"pooling_type": "CLS"}', "--kv-cache-memory-fraction", "0.5", "--port", "9001"]
+    ns = parser.parse_args(argv)
+    config = cli_args.engine_config(ns, sub)
+    assert config.model_config.model == "some/model" and config.scheduler_config.max_num_seqs == 7
+    assert config.model_config.quantization is None and config.compile_config.enforce_eager
+    assert config.model_config.pooler_config == {"pooling_type": "CLS"}
+    assert config.cache_config.kv_cache_memory_fraction == 0.5
+    assert config.device_config == EngineConfig().device_config  # not given: the dataclass defaults
+    server = cli_args.server_config(ns, sub)
+    assert server.port == 9001 and server.api_key == "from-env" and server.host == ServerConfig().host

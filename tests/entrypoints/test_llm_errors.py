@@ -89,7 +89,7 @@ def test_folder_without_weights(tiny_bert, tmp_path):
 
 def test_folder_without_config(tmp_path):
     (tmp_path / "readme.txt").write_text("hi")
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         LLM(str(tmp_path))
 
 
@@ -99,7 +99,7 @@ def test_unsupported_architecture(tiny_bert, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config.update(architectures=["FancyNewModel"], model_type="fancy")
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedModelError, match="FancyNewModel.*supported: "):
+    with pytest.raises(UnsupportedModelError, match=r"FancyNewModel.*supported: "):
         LLM(str(folder))
 
 

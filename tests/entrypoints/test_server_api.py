@@ -159,7 +159,7 @@ def test_bad_requests_do_not_disturb_good_ones(server: RunningServer, llm: LLM) 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
             calls = []
-            for i, text in enumerate(texts):
+            for text in texts:
                 calls.append(http.post("/v1/embeddings", json={"input": text}))
                 calls.append(http.post("/v1/embeddings", json={"input": [text, " ".join(["fox"] * 200)]}))
                 calls.append(http.post("/v1/embeddings", json={"input": text, "dimensions": 99}))

@@ -34,7 +34,7 @@ def test_logits_match_transformers(decoder_path: Path) -> None:
     got = ours.logits(ours(ids))
     assert (got - expected).abs().max().item() < TOL
     last = torch.tensor([39, 20, 3])
-    logits, hidden, kv = ours.prefill(ids, last)
+    logits, _, kv = ours.prefill(ids, last)
     assert (logits - expected[torch.arange(3), last]).abs().max().item() < TOL
     cfg = ours.config
     assert kv.shape == (cfg.num_hidden_layers, 2, 3, 40, cfg.num_key_value_heads, cfg.head_dim)

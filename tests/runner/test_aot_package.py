@@ -70,7 +70,7 @@ def test_compile_scope_layer_serves_what_the_whole_model_does(fixture, built, re
     layer; a Llama-style embedder, which has no `embed`, falls back to the whole model."""
     path = str(request.getfixturevalue(fixture))
     texts = ["a short one", "and a longer text " * 6, "x"]
-    kwargs = {"quantization": None, "max_num_seqs": 4}  # float: what compile_scope alone changes
+    kwargs = {"quantization": None, "dtype": "float32", "max_num_seqs": 4}  # what compile_scope alone changes
     whole = LLM(path, compile_cache_dir=str(tmp_path / "model"), compile_scope="model", **kwargs)
     per_layer = LLM(path, compile_cache_dir=str(tmp_path / "layer"), compile_scope="layer", **kwargs)
     vectors = [np.stack([o.outputs.data for o in llm.embed(texts)]) for llm in (whole, per_layer)]

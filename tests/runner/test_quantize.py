@@ -12,7 +12,6 @@ import torch
 from ember import LLM
 from ember.errors import InvalidRequestError
 from ember.runner.device import cpu_flags
-from ember.runner.model_runner import ENCODER_BATCH_TOKENS
 from ember.runner.int8 import QuantizationQualityError, choose_kernel, resolve_quantization
 from ember.runner.int8.calibration import (
     SMOOTHING_ALPHAS,
@@ -25,6 +24,7 @@ from ember.runner.int8.calibration import (
 )
 from ember.runner.int8.kernel import INT_MM, ONEDNN
 from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU
+from ember.runner.model_runner import ENCODER_BATCH_TOKENS
 from tests.texts import varied_texts
 
 SMALL = {"max_num_seqs": 8}
@@ -237,7 +237,7 @@ def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_pa
 
 
 def test_the_gate_refuses_a_model_below_the_threshold(tiny_bert):
-    with pytest.raises(QuantizationQualityError, match=r"refused.*min cosine of [01]\.\d{8} .*quantization_min_cosine=1"):
+    with pytest.raises(QuantizationQualityError, match=r"refused.*lowest cosine against float32 is [01]\.\d{8}, .*quantization_min_cosine=1"):
         LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=1.0, **SMALL)
 
 

@@ -1,7 +1,9 @@
 """AsyncEngine: the engine for asyncio callers (the HTTP server).
 
-    event loop --(validate + tokenize in a small pool)--> EngineLoop thread: add, step, step...
+    event loop --(make_requests: validate + tokenize in a small pool)--> EngineLoop thread: add, step...
     engine thread --(loop.call_soon_threadsafe)--> the caller's future, once all its prompts finish
+
+Every route, whatever its task, calls submit() (or make_requests() then run(), to stream tokens).
 
 Nothing blocking runs on the event loop: tokenization and validation go to a thread pool, the
 model runs on the EngineLoop's thread. A caller that goes away has its queued prompts dropped.
@@ -13,18 +15,16 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from ember.config import EngineConfig, ModelInfo
-from ember.engine.engine import Engine
 from ember.engine.engine_loop import EngineLoop, NotReadyError, RequestGroup, StepStats
-from ember.engine.processor import normalize_prompts
 from ember.engine.request import Request
 from ember.errors import EmberError
-from ember.params import PoolingParams
-from ember.tokenizer import TextTokenizer, Tokenized
+from ember.tokenizer import TextTokenizer
 
-__all__ = ["AsyncEngine", "ClientGoneError", "NotReadyError", "StepStats"]
+__all__ = ["AsyncEngine", "ClientGoneError", "NotReadyError", "StepStats", "TokenSnapshot"]
 
 NUM_TOKENIZE_THREADS = 2
 """Tokenization is Rust that releases the GIL; two threads keep it off the engine's critical path."""
@@ -70,6 +70,14 @@ class AsyncEngine:
     def tokenizer(self) -> TextTokenizer:
         return self.loop.ready_engine().runner.tokenizer
 
+    @property
+    def tokenizer_config(self) -> dict[str, Any]:
+        """A decoder's tokenizer_config (chat_template, bos_token, eos_token); InvalidRequestError for
+        models that do not generate."""
+        engine = self.loop.ready_engine()
+        engine.info.check_task("generate")
+        return engine.runner.tokenizer_config  # type: ignore[union-attr]
+
     def start(self) -> None:
         """Start the pool (its threads now, not on the first request) and the engine thread."""
         self._pool = ThreadPoolExecutor(max_workers=NUM_TOKENIZE_THREADS, thread_name_prefix="ember-tokenize")
@@ -95,33 +103,57 @@ class AsyncEngine:
         assert self._pool is not None, "start() first"
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def encode(self, prompts: Any, params: PoolingParams, task: str = "embed",
-                     is_disconnected: Callable[[], Any] | None = None) -> list[Request]:
-        """Validate, tokenize and run prompts; returns finished Requests in input order.
+    async def make_requests(self, task: str, prompts: Any, params: Any) -> list[Request]:
+        """Engine.make_requests in the pool: validated, tokenized, nothing queued yet (so a bad
+        prompt is a clean InvalidRequestError before a streamed response starts)."""
+        return await self.run_in_pool(self.loop.ready_engine().make_requests, task, prompts, params)
+
+    async def run(self, requests: list[Request], *, is_disconnected: Callable[[], Any] | None = None,
+                  on_token: Callable[[TokenSnapshot], None] | None = None) -> list[Request]:
+        """Queue `requests` as one group; returns them finished, in order.
 
         Args:
             is_disconnected: an async function that returns when the caller has gone away.
+            on_token: generation: called on the event loop with each sequence's state after each token.
 
         Raises:
-            InvalidRequestError: a prompt or parameter is not valid (nothing was queued).
             OverloadedError: the waiting queue is full.
             NotReadyError, EngineDeadError: the engine cannot take requests.
             ClientGoneError: is_disconnected returned first; the prompts were dropped.
         """
-        engine = self.loop.ready_engine()
-        params.verify(task, engine.info)
-        tokenized = await self.run_in_pool(_tokenize, engine, prompts, params)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Request]] = loop.create_future()
-        group = RequestGroup(engine.make_requests(tokenized, params, task),
-                             on_done=lambda requests: loop.call_soon_threadsafe(_resolve, future, requests))
+        if on_token is not None:
+            for i, seq in enumerate(requests):
+                seq.on_update = _snapshotter(loop, on_token, i)  # type: ignore[attr-defined]
+        group = RequestGroup(requests, on_done=lambda done: loop.call_soon_threadsafe(_resolve, future, done))
         self.loop.submit(group)
         return await _wait(group, future, is_disconnected)
 
+    async def submit(self, task: str, prompts: Any, params: Any, *,
+                     is_disconnected: Callable[[], Any] | None = None) -> list[Request]:
+        """The one call every route makes: make_requests, then run. Raises InvalidRequestError
+        (nothing was queued) and what run() raises."""
+        return await self.run(await self.make_requests(task, prompts, params), is_disconnected=is_disconnected)
 
-def _tokenize(engine: Engine, prompts: Any, params: PoolingParams) -> list[Tokenized]:
-    """Pool thread: validation and tokenization, all of it off the event loop."""
-    return engine.processor.process(normalize_prompts(prompts), params)
+
+@dataclass(frozen=True, slots=True)
+class TokenSnapshot:
+    """A sequence's state after one step, copied on the engine thread (streaming reads this only)."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str | None
+
+
+def _snapshotter(loop: asyncio.AbstractEventLoop, on_token: Callable[[TokenSnapshot], None],
+                 index: int) -> Callable[[Any], None]:
+    def on_update(seq: Any) -> None:
+        snap = TokenSnapshot(index, seq.text, len(seq.output_token_ids), seq.finish_reason)
+        loop.call_soon_threadsafe(on_token, snap)
+
+    return on_update
 
 
 def _resolve(future: asyncio.Future, requests: list[Request]) -> None:

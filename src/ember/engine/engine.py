@@ -1,4 +1,12 @@
-"""Engine: the synchronous core. step() = schedule, execute, update."""
+"""Engine: the synchronous core, one request path for every task.
+
+    make_requests(task, prompts, params)   validate + tokenize (InputProcessor): nothing is queued yet
+    add_request(request)                   queue it: pooling tasks batch by tokens, generate steps a KV cache
+    step()                                 schedule, execute, finish: returns the finished requests
+
+The offline API (entrypoints/llm.py) calls run(); the server's engine thread (engine_loop.py)
+calls add_request/step. Both make their requests with make_requests.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +16,21 @@ from typing import Any
 
 from ember.config import EngineConfig
 from ember.engine.generation import GenerationEngine
-from ember.engine.processor import InputProcessor
-from ember.engine.request import Request
+from ember.engine.processor import InputProcessor, normalize_prompts
+from ember.engine.request import PoolingRequest, Request
 from ember.engine.scheduler import Scheduler
-from ember.engine.sequence import Sequence
-from ember.errors import EngineDeadError
-from ember.params import PoolingParams
+from ember.errors import EngineDeadError, InvalidRequestError
+from ember.model.pooler import RowSpec
+from ember.params import PoolingParams, SamplingParams
 from ember.runner.batch import Batch
-from ember.runner.model_runner import RowRequest
 from ember.runner.worker import Worker
-from ember.tokenizer import Tokenized
 
 logger = logging.getLogger(__name__)
 
 
 class Engine:
-    """Owns the worker (and so the model) and the scheduler. Not thread-safe: one caller steps it."""
+    """Owns the worker (and so the model) and the schedulers. Not thread-safe: one caller steps it
+    (make_requests is thread-safe: the server runs it in its tokenization pool)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -37,44 +44,73 @@ class Engine:
         self.num_batches = 0
         self.num_requests = 0
 
-    def make_requests(self, tokenized: list[Tokenized], params: PoolingParams, task: str) -> list[Request]:
-        """Requests for already validated prompts (see `processor`), with the model's defaults applied."""
+    def make_requests(self, task: str, prompts: Any, params: PoolingParams | SamplingParams | list[SamplingParams]
+                      ) -> list[Request]:
+        """Validated, tokenized requests for `task` (a pooling task or "generate"); raises
+        InvalidRequestError, naming the field, before anything is queued."""
+        if task == "generate":
+            self.info.check_task(task)
+            return self._sequences(normalize_prompts(prompts), params)
+        if not isinstance(params, PoolingParams):
+            raise InvalidRequestError(f"pooling_params must be a PoolingParams, got {type(params).__name__}",
+                                      param="pooling_params")
+        params.verify(task, self.info)
+        if task == "score" and not self.info.num_labels:
+            raise InvalidRequestError(f"model {self.info.architecture} scores text pairs by the cosine of their "
+                                      "embeddings: use LLM.score / POST /score (the score task runs a "
+                                      "cross-encoder's head)", param="task")
+        tokenized = self.processor.process(task, normalize_prompts(prompts), params)
         normalize = self.info.normalize if params.normalize is None else params.normalize
+        use_activation = True if params.use_activation is None else params.use_activation
         return [
-            Request(
-                request_id=str(next(self._ids)),
-                prompt_token_ids=tok.token_ids,
-                task=task,
-                dimensions=params.dimensions,
-                normalize=normalize,
-                truncated=tok.truncated,
-            )
+            PoolingRequest(str(next(self._ids)), tok.token_ids, task, token_type_ids=tok.token_type_ids,
+                           dimensions=params.dimensions, normalize=normalize, use_activation=use_activation,
+                           truncated=tok.truncated)
             for tok in tokenized
         ]
 
-    def add_request(self, request: Request | Sequence) -> None:
-        if isinstance(request, Sequence):
-            assert self.generation is not None, "generation requests need a decoder (checked on submit)"
-            self.generation.add(request)
-            return
-        self.scheduler.add(request)
+    def _sequences(self, prompts: list[Any], params: Any) -> list[Request]:
+        assert self.generation is not None  # check_task("generate") passed
+        if not isinstance(params, list):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidRequestError(f"got {len(params)} sampling_params for {len(prompts)} prompts",
+                                      param="sampling_params")
+        return self.generation.make_sequences(prompts, self.processor.generation_prompts(prompts), params)
+
+    def add_request(self, request: Request) -> None:
+        if request.task == "generate":
+            assert self.generation is not None
+            self.generation.add(request)  # type: ignore[arg-type]
+        else:
+            self.scheduler.add(request)  # type: ignore[arg-type]
 
     def has_unfinished_requests(self) -> bool:
         generating = self.generation is not None and self.generation.has_unfinished_requests()
         return self.scheduler.has_unfinished_requests() or generating
 
-    def step(self) -> list[Request] | list[Sequence]:
+    def run(self, requests: list[Request], on_step: Any = None) -> list[Request]:
+        """Blocking: queue `requests` (shortest first), step until all finish; returns them in order."""
+        for request in sorted(requests, key=lambda r: r.num_tokens):
+            self.add_request(request)
+        while self.has_unfinished_requests():
+            finished = self.step()
+            if on_step is not None:
+                on_step(finished)
+        return requests
+
+    def step(self) -> list[Request]:
         """Schedule one batch, run it, hand each request its output. Returns the finished ones.
-        Embedding batches go first; otherwise one generation step (prefill or decode) runs."""
+        Pooling batches go first; otherwise one generation step (prefill or decode) runs."""
         if self.generation is not None and not self.scheduler.has_unfinished_requests():
-            return self.generation.step()
+            return self.generation.step()  # type: ignore[return-value]
         batch_requests = self.scheduler.schedule()
         if not batch_requests:
             return []
         rows = [r.prompt_token_ids for r in batch_requests]
         shape = self.runner.plan.snap(len(rows), max(map(len, rows)))
-        batch = Batch.from_token_ids(rows, shape, self.runner.pad_id)
-        specs = [RowRequest(r.task, r.dimensions, r.normalize) for r in batch_requests]
+        batch = Batch.from_token_ids(rows, shape, self.runner.pad_id, [r.token_type_ids for r in batch_requests])
+        specs = [RowSpec(r.task, r.dimensions, r.normalize, r.use_activation) for r in batch_requests]
         try:
             outputs = self.runner.execute(batch, specs)
         except Exception as exc:
@@ -87,7 +123,7 @@ class Engine:
             r.finish(out)
         self.num_batches += 1
         self.num_requests += len(batch_requests)
-        return batch_requests
+        return batch_requests  # type: ignore[return-value]
 
     def stats(self) -> dict[str, Any]:
         report = self.worker.report
@@ -107,5 +143,6 @@ class Engine:
             "is_compiled": not self.config.compile_config.enforce_eager,
             "quantization": self.runner.quantization,
             "quantization_min_cosine_measured": self.runner.quantization_cosine,
+            "tasks": list(self.info.tasks),
             **(self.generation.stats() if self.generation is not None else {}),
         }

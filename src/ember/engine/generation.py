@@ -34,31 +34,21 @@ class GenerationEngine:
         self.num_decode_steps = 0
         self.num_generated_tokens = 0
 
-    def make_sequences(self, prompts: Seq[str | list[int]], params: Seq[SamplingParams]) -> list[Sequence]:
-        """Validated, tokenized sequences (nothing is queued, so one bad prompt rejects the call)."""
-        texts = [p for p in prompts if isinstance(p, str)]
-        encoded = iter(self.runner.tokenizer.encode_batch(texts, [None] * len(texts)) if texts else [])
+    def make_sequences(self, prompts: Seq[str | list[int]], token_ids: Seq[list[int]],
+                       params: Seq[SamplingParams]) -> list[Sequence]:
+        """Sequences for prompts the processor tokenized and checked; each params is verified and
+        the context length checked (nothing is queued, so one bad prompt rejects the call)."""
         out = []
-        for i, (prompt, p) in enumerate(zip(prompts, params)):
+        for prompt, ids, p in zip(prompts, token_ids, params):
             if not isinstance(p, SamplingParams):
                 raise InvalidRequestError(f"sampling_params must be SamplingParams, got {type(p).__name__}",
                                           param="sampling_params")
             p.verify(self.info)
-            ids = next(encoded).token_ids if isinstance(prompt, str) else list(prompt)
-            if not ids or prompt == "":
-                raise InvalidRequestError(f"prompt {i} is empty", param="prompt")
-            self._check_token_ids(ids, i)
             generator = None if p.seed is None else torch.Generator().manual_seed(p.seed)
-            out.append(Sequence(f"gen-{next(self._ids)}", prompt if isinstance(prompt, str) else None, ids, p,
-                                p.tokens_to_generate(len(ids), self.info), generator))
+            out.append(Sequence(f"gen-{next(self._ids)}", ids, "generate",
+                                prompt=prompt if isinstance(prompt, str) else None, params=p,
+                                max_tokens=p.tokens_to_generate(len(ids), self.info), generator=generator))
         return out
-
-    def _check_token_ids(self, ids: list[int], index: int) -> None:
-        vocab = self.runner.model.config.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(f"prompt {index} has token id {bad} outside the vocabulary [0, {vocab})",
-                                      param="prompt")
 
     def add(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
@@ -126,15 +116,6 @@ class GenerationEngine:
             "num_decode_steps": self.num_decode_steps,
             "num_generated_tokens": self.num_generated_tokens,
         }
-
-    def generate(self, prompts: Seq[str | list[int]], params: Seq[SamplingParams]) -> list[RequestOutput]:
-        """Blocking: queue every prompt, step until all finish, return outputs in input order."""
-        seqs = self.make_sequences(prompts, params)
-        for seq in seqs:
-            self.add(seq)
-        while self.has_unfinished_requests():
-            self.step()
-        return [to_output(s) for s in seqs]
 
 
 def _find_stop(text: str, stops: list[str]) -> tuple[int, str] | None:

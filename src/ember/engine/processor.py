@@ -10,15 +10,18 @@ from ember.errors import InvalidRequestError
 from ember.params import PoolingParams
 from ember.tokenizer import TextTokenizer, Tokenized
 
-PromptType = Union[str, Sequence[int], dict]
+TextPair = tuple[str, str]
+"""Two texts scored together by a cross-encoder (query, document)."""
+PromptType = Union[str, Sequence[int], TextPair, dict]
 PromptsType = Union[PromptType, Sequence[PromptType]]
+Prompt = Union[str, list[int], TextPair]
 
 
-def normalize_prompts(prompts: Any) -> list[str | list[int]]:
-    """str | list[str] | list[int] | list[list[int]] | {"prompt_token_ids": [...]} -> a list of prompts."""
+def normalize_prompts(prompts: Any) -> list[Prompt]:
+    """str | (a, b) | list of those | list[int] | list[list[int]] | {"prompt_token_ids": [...]} -> a list of prompts."""
     if prompts is None:
         raise InvalidRequestError("prompts must be a string, a list of strings or token-id lists; got None", param="input")
-    if isinstance(prompts, (str, dict)):
+    if isinstance(prompts, (str, dict)) or _is_pair(prompts):
         prompts = [prompts]
     elif _is_token_ids(prompts):
         prompts = [list(prompts)]
@@ -31,15 +34,21 @@ def normalize_prompts(prompts: Any) -> list[str | list[int]]:
     return [_one_prompt(p, i) for i, p in enumerate(prompts)]
 
 
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(isinstance(x, str) for x in value)
+
+
 def _is_token_ids(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)) and len(value) > 0 and all(
         isinstance(x, int) and not isinstance(x, bool) for x in value
     )
 
 
-def _one_prompt(prompt: Any, index: int) -> str | list[int]:
+def _one_prompt(prompt: Any, index: int) -> Prompt:
     if isinstance(prompt, str):
         return prompt
+    if _is_pair(prompt):
+        return (prompt[0], prompt[1])
     if isinstance(prompt, dict):
         if "prompt_token_ids" in prompt:
             prompt = prompt["prompt_token_ids"]
@@ -50,28 +59,37 @@ def _one_prompt(prompt: Any, index: int) -> str | list[int]:
     if isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) == 0:
         raise InvalidRequestError(f"prompt {index} is an empty token list", param="input")
     raise InvalidRequestError(
-        f"prompt {index} must be a string or a list of integer token ids; got {type(prompt).__name__}: {prompt!r:.60}",
-        param="input",
-    )
+        f"prompt {index} must be a string, a (text, text) pair or a list of integer token ids; got "
+        f"{type(prompt).__name__}: {prompt!r:.60}", param="input")
 
 
 class InputProcessor:
-    """Turns prompts into checked token ids for one model. Thread-safe."""
+    """Turns prompts into checked token ids for one model: every task's tokenization and
+    validation happens here, before anything is queued. Thread-safe."""
 
     def __init__(self, tokenizer: TextTokenizer, info: ModelInfo) -> None:
         self.tokenizer = tokenizer
         self.info = info
 
-    def process(self, prompts: list[str | list[int]], params: PoolingParams) -> list[Tokenized]:
+    def process(self, task: str, prompts: list[Prompt], params: PoolingParams) -> list[Tokenized]:
+        """Token ids of pooling prompts: texts, token-id lists and (cross-encoders) text pairs."""
         limit = params.token_limit(self.info)
-        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         out: list[Tokenized | None] = [None] * len(prompts)
+        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if texts:
             encoded = self.tokenizer.encode_batch([p for _, p in texts], [limit] * len(texts), params.truncation_side)
             for (i, _), tok in zip(texts, encoded):
                 out[i] = tok
+        pairs = [(i, p) for i, p in enumerate(prompts) if isinstance(p, tuple)]
+        if pairs:
+            if not self.info.num_labels:
+                raise InvalidRequestError(
+                    f"prompt {pairs[0][0]} is a text pair, which only cross-encoders and classifiers read; model "
+                    f"{self.info.architecture} embeds single texts (score pairs with the score task)", param="input")
+            for (i, _), tok in zip(pairs, self.tokenizer.encode_pairs([p for _, p in pairs], limit)):
+                out[i] = tok
         for i, p in enumerate(prompts):
-            if not isinstance(p, str):
+            if isinstance(p, list):
                 out[i] = self._token_prompt(p, i, limit, params.truncation_side)
         for i, tok in enumerate(out):
             assert tok is not None
@@ -83,11 +101,30 @@ class InputProcessor:
                 )
         return out  # type: ignore[return-value]
 
-    def _token_prompt(self, ids: list[int], index: int, limit: int | None, side: str) -> Tokenized:
-        vocab = self.tokenizer.vocab_size
+    def generation_prompts(self, prompts: list[Prompt]) -> list[list[int]]:
+        """Token ids of prompts to continue (no truncation: the context check needs max_tokens)."""
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = iter(self.tokenizer.encode_batch(texts, [None] * len(texts)) if texts else [])
+        out = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, tuple):
+                raise InvalidRequestError(f"prompt {i} is a text pair; generation continues one text", param="prompt")
+            ids = next(encoded).token_ids if isinstance(prompt, str) else list(prompt)
+            if not ids or prompt == "":
+                raise InvalidRequestError(f"prompt {i} is empty", param="prompt")
+            self._check_vocab(ids, i, "prompt")
+            out.append(ids)
+        return out
+
+    def _check_vocab(self, ids: list[int], index: int, param: str) -> None:
+        vocab = self.info.vocab_size
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
-            raise InvalidRequestError(f"prompt {index} has token id {bad} outside the vocabulary [0, {vocab})", param="input")
+            raise InvalidRequestError(f"prompt {index} has token id {bad} outside the vocabulary [0, {vocab})",
+                                      param=param)
+
+    def _token_prompt(self, ids: list[int], index: int, limit: int | None, side: str) -> Tokenized:
+        self._check_vocab(ids, index, "input")
         if limit is not None and len(ids) > limit:
             kept = ids[:limit] if side == "right" else ids[-limit:]
             return Tokenized(kept, True, len(ids))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from ember.config import SchedulerConfig
-from ember.engine.request import Request, RequestStatus
+from ember.engine.request import PoolingRequest, RequestStatus
 
 
 class Scheduler:
@@ -21,9 +21,9 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         """The runner's resolved budget (the config's may be None: the model kind's default)."""
         self.window = max(4 * config.max_num_seqs, 256)
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[PoolingRequest] = deque()
 
-    def add(self, request: Request) -> None:
+    def add(self, request: PoolingRequest) -> None:
         self.waiting.append(request)
 
     @property
@@ -33,7 +33,7 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting)
 
-    def schedule(self) -> list[Request]:
+    def schedule(self) -> list[PoolingRequest]:
         """Take the next batch off the queue (empty when nothing waits)."""
         window = [self.waiting.popleft() for _ in range(min(self.window, len(self.waiting)))]
         window = [r for r in window if not (r.is_cancelled and r.is_cancelled())]

@@ -9,24 +9,32 @@ from pathlib import Path
 
 import numpy as np
 
+from ember.entrypoints.args import engine_config, server_config
 from ember.errors import InvalidRequestError
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "models":
         return list_models()
     if args.command == "embed":
-        return embed(args)
+        return embed(args, _subparser(parser, "embed"))
     if args.command == "serve":
         from ember.entrypoints.serve import serve
 
-        return serve(args)
+        sub = _subparser(parser, "serve")
+        return serve(engine_config(args, sub), server_config(args, sub), args.log_level)
     if args.command == "bench":
         from ember.bench.command import run_bench
 
         print(run_bench(args))
         return 0
     raise AssertionError(args.command)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand's parser, whose error() names the subcommand."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
 
 
 def list_models() -> int:
@@ -70,12 +78,12 @@ def read_prompts(source: str) -> list[str]:
     return prompts
 
 
-def embed(args: argparse.Namespace) -> int:
-    from ember.entrypoints.cli import engine_kwargs
+def embed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ember.entrypoints.llm import LLM
 
+    config = engine_config(args, parser)
     prompts = read_prompts(args.input)
-    llm = LLM(**engine_kwargs(args))
+    llm = LLM.from_config(config)
     outputs = llm.embed(prompts, truncate_prompt_tokens=-1 if args.truncate else None,
                         use_tqdm=sys.stderr.isatty())
     if args.output.endswith(".npy"):

@@ -1,22 +1,34 @@
-"""Offline API: LLM(model).embed(prompts), vLLM-compatible. The engine runs in this process."""
+"""Offline API: LLM(model).embed / classify / score / rerank / encode / generate, vLLM-compatible.
+The engine runs in this process; every method goes through Engine.make_requests and Engine.run."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine import Engine
-from ember.engine.processor import PromptsType, normalize_prompts
+from ember.engine.processor import PromptsType
+from ember.engine.request import Request
+from ember.engine.scoring import pair_up, plan_scores, rank
 from ember.errors import InvalidRequestError
 from ember.outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
     CompilationTimes,
     EmbeddingOutput,
     EmbeddingRequestOutput,
     RequestOutput,
+    RerankOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
 )
 from ember.params import PoolingParams, SamplingParams
+
+_PROGRESS_NAMES = {"embed": "Embedding", "token_embed": "Embedding", "classify": "Classifying", "score": "Scoring",
+                   "generate": "Generating"}
 
 
 class LLM:
@@ -34,6 +46,12 @@ class LLM:
         self.config = EngineConfig.from_kwargs(model, dtype=dtype, seed=seed, **kwargs)
         self.engine = Engine(self.config)
 
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        llm = cls.__new__(cls)
+        llm.config, llm.engine = config, Engine(config)
+        return llm
+
     @property
     def model_info(self) -> ModelInfo:
         return self.engine.info
@@ -46,65 +64,82 @@ class LLM:
         """Startup and runtime counters, including compiles_after_ready (always 0)."""
         return self.engine.stats()
 
-    def embed(
-        self,
-        prompts: PromptsType,
-        *,
-        pooling_params: PoolingParams | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-    ) -> list[EmbeddingRequestOutput]:
+    def embed(self, prompts: PromptsType, *, pooling_params: PoolingParams | None = None,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
         """One pooled vector per prompt, in input order."""
         return self.encode(prompts, pooling_task="embed", pooling_params=pooling_params,
                            truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
 
-    def encode(
-        self,
-        prompts: PromptsType,
-        *,
-        pooling_task: str = "embed",
-        pooling_params: PoolingParams | None = None,
-        truncate_prompt_tokens: int | None = None,
-        use_tqdm: bool = False,
-    ) -> list[EmbeddingRequestOutput]:
-        """Pooled outputs; pooling_task "embed" (one vector) or "token_embed" (one per token)."""
+    def encode(self, prompts: PromptsType, *, pooling_task: str = "embed", pooling_params: PoolingParams | None = None,
+               truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[Any]:
+        """Pooled outputs for any pooling task: "embed" (one vector), "token_embed" (one per
+        token), "classify" (class scores) or "score" (a cross-encoder's score of each text pair)."""
         params = _merge_params(pooling_params, truncate_prompt_tokens)
-        params.verify(pooling_task, self.engine.info)
-        tokenized = self.engine.processor.process(normalize_prompts(prompts), params)
-        requests = self.engine.make_requests(tokenized, params, pooling_task)
-        for request in sorted(requests, key=lambda r: r.num_tokens):
-            self.engine.add_request(request)
+        requests = self._run(pooling_task, prompts, params, use_tqdm)
+        if pooling_task == "classify":
+            return [self._classification(r) for r in requests]
+        if pooling_task == "score":
+            return [ScoringRequestOutput(r.request_id, ScoringOutput(float(r.output)), r.prompt_token_ids)
+                    for r in requests]
+        return [EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids,
+                                       r.truncated) for r in requests]
+
+    def classify(self, prompts: PromptsType, *, use_activation: bool | None = None,
+                 truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[ClassificationRequestOutput]:
+        """Class scores per prompt (a text, or a (text, text) pair for pair classifiers), in input
+        order: probabilities (softmax, or sigmoid for one label and multi-label models), or the
+        logits with use_activation=False."""
+        params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens, use_activation=use_activation)
+        return self.encode(prompts, pooling_task="classify", pooling_params=params, use_tqdm=use_tqdm)
+
+    def score(self, text_1: str | Sequence[str], text_2: str | Sequence[str], *, use_activation: bool | None = None,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[ScoringRequestOutput]:
+        """Relevance of text pairs (1:1, 1:N: one text_1 for many text_2, or N:N), in pair order: a
+        cross-encoder's score, or the cosine of an embedding model's vectors."""
+        params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens, use_activation=use_activation)
+        plan = plan_scores(self.engine.info, pair_up(text_1, text_2), params)
+        requests = self._run(plan.task, plan.prompts, plan.params, use_tqdm)
+        scores = plan.scores([r.output for r in requests])
+        if plan.task == "score":
+            return [ScoringRequestOutput(r.request_id, ScoringOutput(s), r.prompt_token_ids)
+                    for r, s in zip(requests, scores)]
+        return [ScoringRequestOutput(f"score-{i}", ScoringOutput(s),
+                                     requests[a].prompt_token_ids + requests[b].prompt_token_ids)
+                for i, ((a, b), s) in enumerate(zip(plan.pair_rows, scores))]
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
+               use_activation: bool | None = None, truncate_prompt_tokens: int | None = None) -> RerankOutput:
+        """`documents` by decreasing relevance to `query` (the first top_n; None or 0: all)."""
+        if not isinstance(documents, (list, tuple)) or not documents:
+            raise InvalidRequestError("documents must be a non-empty list of strings", param="documents")
+        params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens, use_activation=use_activation)
+        plan = plan_scores(self.engine.info, pair_up(query, list(documents)), params)
+        rank([], [], top_n)  # checks top_n before the model runs
+        requests = self._run(plan.task, plan.prompts, plan.params, False)
+        results = rank(list(documents), plan.scores([r.output for r in requests]), top_n)
+        return RerankOutput(results, sum(r.num_tokens for r in requests))
+
+    def generate(self, prompts: PromptsType, sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Continuations of the prompts (decoder models), in input order, batched continuously."""
+        from ember.engine.generation import to_output
+
+        return [to_output(s) for s in self._run("generate", prompts, sampling_params, use_tqdm)]  # type: ignore[arg-type]
+
+    def _run(self, task: str, prompts: Any, params: Any, use_tqdm: bool) -> list[Request]:
+        requests = self.engine.make_requests(task, prompts, params)
         # A tqdm, even disabled, costs its first call a lock, an import and a thread: only on request.
-        bar = tqdm(total=len(requests), desc="Embedding", unit="prompt") if use_tqdm else None
-        while self.engine.has_unfinished_requests():
-            finished = self.engine.step()
-            if bar is not None:
-                bar.update(len(finished))
+        bar = tqdm(total=len(requests), desc=_PROGRESS_NAMES.get(task, task), unit="prompt") if use_tqdm else None
+        self.engine.run(requests, on_step=(lambda done: bar.update(len(done))) if bar is not None else None)
         if bar is not None:
             bar.close()
-        return [
-            EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids, r.truncated)
-            for r in requests
-        ]
+        return requests
 
-    def generate(
-        self,
-        prompts: PromptsType,
-        sampling_params: SamplingParams | list[SamplingParams] | None = None,
-        *,
-        use_tqdm: bool = False,
-    ) -> list[RequestOutput]:
-        """Continuations of the prompts (decoder models), in input order, batched continuously."""
-        generation = self.engine.generation
-        if generation is None:
-            raise InvalidRequestError(f"model {self.engine.info.architecture} does not generate text; use embed",
-                                      param="model")
-        prompt_list = normalize_prompts(prompts)
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompt_list)
-        if len(params) != len(prompt_list):
-            raise InvalidRequestError(f"got {len(params)} sampling_params for {len(prompt_list)} prompts",
-                                      param="sampling_params")
-        return generation.generate(prompt_list, params)
+    def _classification(self, r: Request) -> ClassificationRequestOutput:
+        probs = r.output.tolist()
+        label = self.engine.info.labels[max(range(len(probs)), key=probs.__getitem__)]
+        return ClassificationRequestOutput(r.request_id, ClassificationOutput(probs), r.prompt_token_ids, label,
+                                           getattr(r, "truncated", False))
 
 
 def _merge_params(params: PoolingParams | None, truncate_prompt_tokens: int | None) -> PoolingParams:
@@ -114,5 +149,6 @@ def _merge_params(params: PoolingParams | None, truncate_prompt_tokens: int | No
         raise InvalidRequestError(f"pooling_params must be a PoolingParams, got {type(params).__name__}",
                                   param="pooling_params")
     if truncate_prompt_tokens is not None:
-        params = PoolingParams(params.normalize, params.dimensions, truncate_prompt_tokens, params.truncation_side)
+        params = PoolingParams(params.normalize, params.dimensions, truncate_prompt_tokens, params.truncation_side,
+                               params.use_activation)
     return params

@@ -40,9 +40,11 @@ class EncoderConfig:
     pad_token_id: int
     position_offset: int
     """RoBERTa numbers positions from pad_token_id + 1; BERT from 0."""
+    num_labels: int = 0
+    """Outputs of the classification head (sequence-classification checkpoints); 0: no head."""
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any], *, position_offset: int) -> EncoderConfig:
+    def from_hf(cls, hf: dict[str, Any], *, position_offset: int, num_labels: int = 0) -> EncoderConfig:
         kind = hf.get("position_embedding_type", "absolute")
         if kind != "absolute":
             raise UnsupportedModelError(f"position_embedding_type={kind!r} is not supported (only 'absolute')")
@@ -61,6 +63,7 @@ class EncoderConfig:
             type_vocab_size=hf.get("type_vocab_size", 2),
             pad_token_id=hf.get("pad_token_id") or 0,
             position_offset=position_offset,
+            num_labels=num_labels,
         )
 
     @property
@@ -168,6 +171,53 @@ class BertModel(nn.Module):
 class RobertaModel(BertModel):
     position_offset_from_pad = True
     checkpoint_prefixes = ("roberta.", "model.")
+
+
+class ClassificationHead(nn.Module):
+    """dense -> tanh -> out on the first token: BERT's pooler + classifier, RoBERTa's classification
+    head (dropout is the identity at inference). Runs after the compiled encoder, in float32."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] -> logits [batch, num_labels]."""
+        return self.out(torch.tanh(self.dense(hidden[:, 0])))
+
+
+class BertForSequenceClassification(BertModel):
+    """A cross-encoder (one label) or classifier: the encoder, then `head` on the [CLS] token.
+    forward() stays the encoder's hidden states (the compiled graph); the runner applies the head."""
+
+    uses_token_types = True
+    """Pairs are told apart by segment ids, which the embeddings read (so they run in front of the
+    compiled layers: runner/model_runner.py)."""
+    head_names = {"bert.pooler.dense": "dense", "classifier": "out"}
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.head = ClassificationHead(cfg.hidden_size, cfg.num_labels)
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> EncoderConfig:
+        offset = (hf.get("pad_token_id") or 0) + 1 if cls.position_offset_from_pad else 0
+        num_labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
+        return EncoderConfig.from_hf(hf, position_offset=offset, num_labels=num_labels)
+
+    def convert_checkpoint(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = super().convert_checkpoint(weights)
+        for theirs, ours in self.head_names.items():
+            for kind in ("weight", "bias"):
+                out[f"head.{ours}.{kind}"] = weights[f"{theirs}.{kind}"]
+        return out
+
+
+class RobertaForSequenceClassification(BertForSequenceClassification):
+    position_offset_from_pad = True
+    checkpoint_prefixes = ("roberta.", "model.")
+    head_names = {"classifier.dense": "dense", "classifier.out_proj": "out"}
 
 
 _LAYER_NAMES = {

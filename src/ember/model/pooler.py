@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,4 +56,58 @@ def postprocess(vectors: torch.Tensor, dimensions: Sequence[int | None], normali
         out = F.normalize(out, p=2, dim=-1)
     elif rows:
         out[rows] = F.normalize(out[rows], p=2, dim=-1)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RowSpec:
+    """What one row of a batch asks for: its task and how its output is shaped."""
+
+    task: str
+    dimensions: int | None = None
+    normalize: bool = False
+    use_activation: bool = True
+
+
+def activate(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """[rows, labels] logits -> scores as transformers and sentence-transformers' CrossEncoder define
+    them: sigmoid for one label (a relevance score) or multi-label problems, else softmax."""
+    if logits.shape[-1] == 1 or multi_label:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=-1)
+
+
+def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[RowSpec], pooler: Pooler,
+                head: torch.nn.Module | None = None, multi_label: bool = False) -> list[torch.Tensor]:
+    """The output of every real row of a batch, in float32, whatever its task.
+
+    Args:
+        hidden: [batch, seq, hidden] last hidden states (rows past len(rows) are padding).
+        attention_mask: [batch, seq] 0/1.
+        rows: per real row, its task: "embed" (a pooled vector: matryoshka cut, normalized),
+            "token_embed" ([tokens, hidden]), "classify" ([labels]) or "score" (a scalar tensor).
+        head: the classification head (logits from hidden states), for classify and score.
+        multi_label: the head's labels are independent (sigmoid per label).
+    """
+    n = len(rows)
+    out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
+    embed = [i for i in range(n) if rows[i].task == "embed"]
+    if embed:
+        pooled = postprocess(pooler(hidden[embed], attention_mask[embed]), [rows[i].dimensions for i in embed],
+                             [rows[i].normalize for i in embed])
+        for j, i in enumerate(embed):
+            dims = rows[i].dimensions
+            out[i] = pooled[j, :dims] if dims else pooled[j]
+    scored = [i for i in range(n) if rows[i].task in ("classify", "score")]
+    if scored:
+        assert head is not None, "classify/score rows need a model with a classification head"
+        logits = head(hidden[scored]).float()
+        scores = activate(logits, multi_label)
+        for j, i in enumerate(scored):
+            value = scores[j] if rows[i].use_activation else logits[j]
+            out[i] = value[0] if rows[i].task == "score" else value
+    for i in range(n):
+        if rows[i].task == "token_embed":
+            vecs = hidden[i, : int(attention_mask[i].sum())].float()
+            out[i] = F.normalize(vecs, dim=-1) if rows[i].normalize else vecs
     return out

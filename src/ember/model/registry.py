@@ -16,6 +16,10 @@ _ENCODERS: dict[str, tuple[str, str]] = {
     "RobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaModel": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
+    # Sequence classification: cross-encoders (one label) and classifiers.
+    "BertForSequenceClassification": ("ember.model.bert", "BertForSequenceClassification"),
+    "RobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
+    "XLMRobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
     # Decoders without an LM head: LAST-token embedders, served by the encoder runner.
     "LlamaModel": ("ember.model.llama", "LlamaModel"),
     "Qwen2Model": ("ember.model.llama", "LlamaModel"),
@@ -47,14 +51,19 @@ def is_generative(architecture: str) -> bool:
 
 
 def resolve_architecture(hf_config: dict[str, Any]) -> str:
-    """Pick the architecture name from config.json, or raise UnsupportedModelError."""
-    for arch in hf_config.get("architectures") or []:
+    """Pick the architecture name from config.json, or raise UnsupportedModelError.
+
+    A config that names its architectures is taken at its word: an architecture with a head
+    Ember does not run (BertForTokenClassification, say) is refused, never served as its base
+    model with the head dropped. Only a config without `architectures` falls back to model_type."""
+    architectures = hf_config.get("architectures") or []
+    for arch in architectures:
         if arch in _ENCODERS or arch in _DECODERS:
             return arch
     model_type = hf_config.get("model_type")
-    if model_type in _MODEL_TYPES:
+    if not architectures and model_type in _MODEL_TYPES:
         return _MODEL_TYPES[model_type]
-    named = hf_config.get("architectures") or [model_type]
+    named = architectures or [model_type]
     raise UnsupportedModelError(
         f"unsupported architecture {named} (model_type={model_type!r}); "
         f"supported: {', '.join(supported_architectures())}"

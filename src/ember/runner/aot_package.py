@@ -133,7 +133,7 @@ def load_or_compile(
             try:
                 run = _load(path, model, per_layer=layers is not None, constants=graph_constants)
                 return CompiledGraph(run, 0.0, time.perf_counter() - start, True, path)
-            except Exception as exc:  # noqa: BLE001 - any unreadable package: rebuild it
+            except Exception as exc:
                 logger.warning("ignoring unreadable compile cache entry %s (%s); recompiling", path, exc)
     with tempfile.TemporaryDirectory(prefix="ember-aoti-") as scratch:
         target = Path(scratch) / "encoder.pt2"
@@ -187,7 +187,7 @@ def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | Non
             start = time.perf_counter()
             build()
             status, report = 0, repr(time.perf_counter() - start)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        except BaseException as exc:
             report = f"{type(exc).__name__}: {exc}"
         finally:
             os.write(write_end, report.encode()[:60000])
@@ -264,7 +264,13 @@ def _load(path: Path, model: torch.nn.Module, per_layer: bool,
     with `constants` beside them."""
     extra = dict(constants or {})
     if not per_layer:
-        return AOTIRunner(path, {**extra, **_tensors(model)})
+        whole = AOTIRunner(path, {**extra, **_tensors(model)})
+
+        def run_whole(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            assert token_type_ids is None, "the whole-model graph reads no segment ids (pair models compile per layer)"
+            return whole(input_ids, attention_mask)
+        return run_whole
     layers = layer_stack(model)
     if layers is None:
         raise ValueError("the package runs one layer, but the model's layers differ in structure")
@@ -272,8 +278,9 @@ def _load(path: Path, model: torch.nn.Module, per_layer: bool,
     runners = [AOTIRunner(path, {**extra, **_tensors(layer)}, library) for layer in layers]
     embed = model.embed
 
-    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden, mask = embed(input_ids, attention_mask)
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden, mask = embed(input_ids, attention_mask, token_type_ids)
         for layer in runners:
             hidden = layer(hidden, mask)
         return hidden

@@ -45,7 +45,7 @@ def build_fast(compile_package: Callable[[object, dict[str, object]], None], exp
             with _wrapper_compiled_beside_kernels():
                 compile_package(program, AOTI_SETTINGS)
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. a compiler without the CPU's vector ISA
+        except Exception as exc:
             logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
     _forget_isa_checks()
     compile_package(program, {**AOTI_SETTINGS, "cpp.vec_isa_ok": None})
@@ -105,7 +105,7 @@ def _wrapper_compiled_beside_kernels() -> Iterator[None]:
         def compile_wrapper() -> None:
             try:
                 original(self)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller at the link
+            except BaseException as exc:
                 errors.append(exc)
 
         thread = threading.Thread(target=compile_wrapper, name="ember-aoti-wrapper", daemon=True)

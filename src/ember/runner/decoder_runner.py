@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ember.config import EngineConfig, ModelInfo
-from ember.errors import InvalidRequestError
+from ember.config import EngineConfig
 from ember.model.gguf import find_gguf, tokenizer_folder
+from ember.model.info import describe_model
 from ember.model.llama import decode_layer, prefill_layer
 from ember.model.loader import ModelFolder, build_model, read_json
-from ember.model.pooler import Pooler, postprocess
+from ember.model.pooler import Pooler, RowSpec, row_outputs
 from ember.model.sources import resolve_model_path
 from ember.runner.batch import Batch
 from ember.runner.compile import (
@@ -63,10 +63,11 @@ class DecoderModelRunner:
         self.quantization_cosine: float | None = None
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
-        self.info = self._model_info()
         gguf_file = find_gguf(self.folder.path)
         tokenizer_dir = tokenizer_folder(gguf_file) if gguf_file else self.folder.path
         self.tokenizer = TextTokenizer(tokenizer_dir)
+        self.info = describe_model(self.folder, cfg, mc, self.tokenizer.vocab_size, generative=True,
+                                   default_max_len=DEFAULT_MAX_MODEL_LEN)
         self.tokenizer_config = _read_optional_json(tokenizer_dir / "tokenizer_config.json")
         """chat_template, bos_token, eos_token (the chat routes render the template with them)."""
         self.pooler = Pooler("LAST")
@@ -81,20 +82,6 @@ class DecoderModelRunner:
         self.kv_cache: torch.Tensor | None = None
         self._graphs: dict[str, Callable[..., Any] | None] = {"prefill": None, "decode": None}
         self.num_fallbacks = 0
-
-    def _model_info(self) -> ModelInfo:
-        mc, cfg = self.config.model_config, self.model.config
-        max_len = mc.max_model_len or min(cfg.max_positions, DEFAULT_MAX_MODEL_LEN)
-        if max_len > cfg.max_positions:
-            raise InvalidRequestError(
-                f"max_model_len={max_len} exceeds the model's {cfg.max_positions} positions", param="max_model_len"
-            )
-        pooler = dict(mc.pooler_config or {})
-        return ModelInfo(
-            architecture=self.folder.architecture, hidden_size=cfg.hidden_size, max_model_len=max_len,
-            pooling_type="LAST", normalize=bool(pooler.get("normalize", True)), has_kv_cache=True,
-            embedding_dimension=cfg.hidden_size,
-        )
 
     def _cache_dir(self) -> str:
         return resolve_cache_dir(self.config.compile_config.compile_cache_dir)
@@ -190,21 +177,13 @@ class DecoderModelRunner:
         flat.index_copy_(2, torch.tensor(slots, dtype=torch.int64), kv.to(self.kv_cache.dtype))
 
     @torch.inference_mode()
-    def execute(self, batch: Batch, rows: Sequence[Any]) -> list[torch.Tensor]:
-        """Embedding batches (the encoder runner's contract): LAST-token vectors, postprocessed per row."""
+    def execute(self, batch: Batch, rows: Sequence[RowSpec]) -> list[torch.Tensor]:
+        """Embedding batches (the runner contract): LAST-token vectors, postprocessed per row."""
         n = batch.num_seqs
         last = batch.attention_mask.sum(dim=1) - 1
         # clone: inputs made outside inference mode carry another dispatch key, which would recompile
         _, hidden, _ = self._run("prefill", batch.input_ids.clone(), last)  # [batch, seq, hidden]
-        out: list[torch.Tensor] = []
-        for i in range(n):
-            if rows[i].task == "token_embed":
-                vecs = hidden[i, : int(last[i]) + 1].float()
-                out.append(torch.nn.functional.normalize(vecs, dim=-1) if rows[i].normalize else vecs)
-                continue
-            pooled = postprocess(hidden[i, last[i]].float()[None], [rows[i].dimensions], [rows[i].normalize])[0]
-            out.append(pooled[: rows[i].dimensions] if rows[i].dimensions else pooled)
-        return out
+        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler)
 
     def _run(self, name: str, *args: torch.Tensor) -> Any:
         """Run with the compiled layer; after ready, a call that would recompile is counted and run eagerly."""

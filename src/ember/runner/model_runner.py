@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ember.config import EngineConfig, ModelInfo
+from ember.config import EngineConfig
+from ember.errors import UnsupportedModelError
+from ember.model.info import describe_model
 from ember.model.loader import ModelFolder, build_model
-from ember.model.pooler import Pooler, postprocess
+from ember.model.pooler import Pooler, RowSpec, row_outputs
 from ember.model.registry import model_class
 from ember.model.sources import resolve_model_path
 from ember.runner import int8
@@ -32,15 +33,6 @@ INT8_BATCH_TOKENS = 1024
 512 no better than 1024."""
 
 
-@dataclass(frozen=True, slots=True)
-class RowRequest:
-    """What the runner needs of one row: its pooling task and postprocessing."""
-
-    task: str
-    dimensions: int | None
-    normalize: bool
-
-
 class ModelRunner:
     """Loads the model and runs batches. Called only by the worker and the engine loop."""
 
@@ -56,9 +48,10 @@ class ModelRunner:
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
-        self.info = self._model_info()
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
+        self.info = describe_model(self.folder, self.model.config, mc, self.tokenizer.vocab_size, generative=False)
         self.pooler = Pooler(self.info.pooling_type)
+        self.pair_segment_id = self._pair_segment_id()
         self.pad_id = self.model.config.pad_token_id
         self.plan = self._shape_plan()
         self.counter = CompileCounter()
@@ -69,34 +62,11 @@ class ModelRunner:
         if self.quantization == "int8":
             kernel = kernel or int8.INT_MM  # asked for on a CPU without a fast kernel: the portable one
             self.int8 = int8.Int8Mode(kernel, self._int8_layers_path(kernel), mc.quantization_min_cosine,
-                                      required=mc.quantization == "int8", embed_texts=self._embed_texts)
+                                      required=mc.quantization == "int8", embed_texts=self._embed_texts,
+                                      compare=int8.score_agreement if self.info.num_labels else None)
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
-
-    def _model_info(self) -> ModelInfo:
-        mc, st, cfg = self.config.model_config, self.folder.st, self.model.config
-        limit = min(x for x in (st.max_seq_length, cfg.max_positions) if x is not None)
-        max_len = mc.max_model_len or limit
-        if max_len > cfg.max_positions:
-            from ember.errors import InvalidRequestError
-
-            raise InvalidRequestError(
-                f"max_model_len={max_len} exceeds the model's {cfg.max_positions} positions", param="max_model_len"
-            )
-        pooler = dict(mc.pooler_config or {})
-        pooling_type = str(pooler.get("pooling_type") or st.pooling_type or "CLS").upper()
-        normalize = pooler.get("normalize", st.normalize if st.is_sentence_transformer else False)
-        return ModelInfo(
-            architecture=self.folder.architecture,
-            hidden_size=cfg.hidden_size,
-            max_model_len=max_len,
-            pooling_type=pooling_type,
-            normalize=bool(normalize),
-            embedding_dimension=cfg.hidden_size,
-            prompts=st.prompts,
-            default_prompt_name=st.default_prompt_name,
-        )
 
     def _shape_plan(self) -> ShapePlan:
         """The shapes to compile and warm; the batch budget follows what runs (int8 or float)."""
@@ -139,11 +109,15 @@ class ModelRunner:
         self.model = build_model(self.folder, self.dtype)
         self.plan = self._shape_plan()
 
+    @property
+    def _head(self) -> torch.nn.Module | None:
+        return getattr(self.model, "head", None)
+
     @torch.inference_mode()
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """Vectors of `texts`, in their order, computed (compiled, once compile() has run) in batches
-        of similar lengths (less padding: int8 calibration's capture pass took 4.4 s instead of
-        5.5 s, at the same quality)."""
+        """Vectors of `texts` (classifiers: their scores, which the int8 gate compares), in their
+        order, computed (compiled, once compile() has run) in batches of similar lengths (less
+        padding: int8 calibration's capture pass took 4.4 s instead of 5.5 s, at the same quality)."""
         limit = self.info.max_model_len
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[torch.Tensor] = [torch.empty(0)] * len(texts)
@@ -153,7 +127,8 @@ class ModelRunner:
             rows = [t.token_ids for t in self.tokenizer.encode_batch([texts[i] for i in chunk], [limit] * len(chunk))]
             shape = self.plan.snap(len(rows), max(map(len, rows)))
             batch = Batch.from_token_ids(rows, shape, self.pad_id)
-            for i, vector in zip(chunk, self.execute(batch, [RowRequest("embed", None, True)] * len(rows)), strict=True):
+            spec = RowSpec("classify") if self.info.num_labels else RowSpec("embed", normalize=True)
+            for i, vector in zip(chunk, self.execute(batch, [spec] * len(rows)), strict=True):
                 vectors[i] = vector
         return torch.stack(vectors)
 
@@ -174,8 +149,7 @@ class ModelRunner:
         self._calibration_pending = False
         mode = self.int8
         template = mode.template(self.model) if calibrating and mode is not None else None
-        scope = self.config.compile_config.compile_scope
-        per_layer = scope == "layer" or (scope == "auto" and self.quantization == "int8")
+        per_layer = self._compiles_per_layer()
         graph = load_or_compile(self.model, self.plan, self._cache_dir(), self._cache_key(self._variant()),
                                 self.pad_id, per_layer=per_layer, template=template,
                                 meanwhile=(lambda: mode.calibrate(self.model)) if template is not None else None,
@@ -192,6 +166,18 @@ class ModelRunner:
                 seconds += self.compile()
         return seconds
 
+    def _compiles_per_layer(self) -> bool:
+        """One compiled layer run per layer, with the embeddings eager in front: for int8 (a shorter
+        first start) and for models that read segment ids (the compiled graph takes token ids and
+        the mask only), unless compile_scope says otherwise; a pair model always does."""
+        scope = self.config.compile_config.compile_scope
+        if getattr(self.model, "uses_token_types", False):
+            if scope == "model":
+                logger.info("compile_scope=model: %s reads segment ids, so its layers compile (the embeddings "
+                            "run in front of them)", self.info.architecture)
+            return True
+        return scope == "layer" or (scope == "auto" and self.quantization == "int8")
+
     def _variant(self) -> str | None:
         """What the compiled package's key says runs: None (float) or "int8-<kernel>"."""
         return f"int8-{self.int8.kernel.name}" if self.int8 is not None else None
@@ -204,11 +190,13 @@ class ModelRunner:
         texts = ["warm up the tokenizer", "and its thread pool " * 4]
         self.tokenizer.encode_batch(texts, [None, 4])
         shapes = self.plan.warmup_shapes()
-        specs = [RowRequest("embed", None, True), RowRequest("embed", 2, True), RowRequest("token_embed", None, True)]
+        specs = self._warmup_specs()
+        second = self.pair_segment_id
         for shape in shapes:
             rows = [[self.pad_id] * shape[1]] * shape[0]
             spec = [specs[i % len(specs)] for i in range(shape[0])]
-            self.execute(Batch.from_token_ids(rows, shape, self.pad_id), spec)
+            types = None if second is None else [[0] * (shape[1] // 2) + [second] * (shape[1] - shape[1] // 2)] * shape[0]
+            self.execute(Batch.from_token_ids(rows, shape, self.pad_id, types), spec)
         # The plan ends on its largest batch. End on a few single short texts instead, the most
         # common request, so that the state the engine is left in at ready (caches, allocator,
         # threads) is the one a stream of such requests keeps (first call 1.55 -> 1.24x the
@@ -218,36 +206,40 @@ class ModelRunner:
             self.execute(Batch.from_token_ids([[self.pad_id] * small[1]], small, self.pad_id), specs[:1])
         return 0.0, len(shapes)
 
+    def _pair_segment_id(self) -> int | None:
+        """The segment id of a pair's second text (BERT: 1; RoBERTa: 0), None for models that read
+        no pairs. A tokenizer whose pairs name a segment the model has no embedding for is refused."""
+        if not getattr(self.model, "uses_token_types", False):
+            return None
+        types = self.tokenizer.encode_pairs([("first text", "second text")], None)[0].token_type_ids or [0]
+        if max(types) >= self.model.config.type_vocab_size:
+            raise UnsupportedModelError(
+                f"{self.folder.path}: tokenizer.json gives pairs segment id {max(types)}, but the model has "
+                f"type_vocab_size={self.model.config.type_vocab_size}")
+        return max(types)
+
+    def _warmup_specs(self) -> list[RowSpec]:
+        """One row spec per output kind the model serves, so every postprocessing path is paid for."""
+        if self.info.num_labels:
+            return [RowSpec(task) for task in self.info.tasks] + [RowSpec("classify", use_activation=False)]
+        return [RowSpec("embed", normalize=True), RowSpec("embed", 2, True), RowSpec("token_embed", normalize=True)]
+
     def mark_ready(self) -> None:
         self.counter.is_ready = True
 
     @torch.inference_mode()
-    def execute(self, batch: Batch, rows: Sequence[RowRequest]) -> list[torch.Tensor]:
-        """Forward one batch; returns per real row its float32 output (vector or token matrix)."""
+    def execute(self, batch: Batch, rows: Sequence[RowSpec]) -> list[torch.Tensor]:
+        """Forward one batch; returns per real row its float32 output (model/pooler.py: row_outputs)."""
         hidden = self._forward(batch)  # [batch, seq, hidden]
         n = batch.num_seqs
-        out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
-        embed_rows = [i for i in range(n) if rows[i].task == "embed"]
-        if embed_rows:
-            pooled = self.pooler(hidden[:n], batch.attention_mask[:n])  # [n, hidden]
-            pooled = postprocess(
-                pooled[embed_rows],
-                [rows[i].dimensions for i in embed_rows],
-                [rows[i].normalize for i in embed_rows],
-            )
-            for j, i in enumerate(embed_rows):
-                dims = rows[i].dimensions
-                out[i] = pooled[j, :dims] if dims else pooled[j]
-        for i in range(n):
-            if rows[i].task == "token_embed":
-                length = int(batch.attention_mask[i].sum())
-                vecs = hidden[i, :length].float()
-                out[i] = torch.nn.functional.normalize(vecs, dim=-1) if rows[i].normalize else vecs
-        return out
+        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler, self._head, self.info.multi_label)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
+        inputs = (batch.input_ids, batch.attention_mask)
+        if batch.token_type_ids is not None:  # only pair models read segment ids
+            inputs += (batch.token_type_ids,)
         if self._compiled is None:
-            return self.model(batch.input_ids, batch.attention_mask)
+            return self.model(*inputs)
         # The package cannot compile; the counter still watches for any compile on this path.
         with self.counter.watching():
-            return self._compiled(batch.input_ids, batch.attention_mask)
+            return self._compiled(*inputs)

@@ -11,21 +11,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ember.config import EngineConfig
+from ember.config import EngineConfig, ServerConfig
 from ember.engine.async_engine import AsyncEngine
 from ember.entrypoints.server import errors
 from ember.entrypoints.server.metrics import ServerMetrics
 from ember.entrypoints.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from ember.entrypoints.server.protocol import JSONBody
 from ember.entrypoints.server.routes import (
+    classify,
     completions,
     embeddings,
     health,
     models,
     pooling,
+    scoring,
     tokenize,
 )
-from ember.entrypoints.server.state import ServerSettings, ServerState
+from ember.entrypoints.server.state import ServerState
 from ember.entrypoints.server.warmup import warm_http_path
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT_S = 60.0
 
 
-def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
+def create_app(config: EngineConfig, settings: ServerConfig | None = None, *,
                on_engine_failed: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The app; its lifespan starts the engine (in a thread) and stops it after in-flight requests.
 
@@ -42,8 +44,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
         settings: host, port (for the ready line), API key, served model name, body limit.
         on_engine_failed: called (on the engine thread) if the engine cannot start, e.g. to stop the server.
     """
-    settings = settings or ServerSettings()
-    model_name = settings.served_model_name or config.model_config.served_model_name or config.model_config.model
+    settings = settings or ServerConfig()
+    model_name = config.model_config.served_model_name or config.model_config.model
     metrics = ServerMetrics()
     engine = AsyncEngine(config, on_step=metrics.observe_step, on_startup_failed=on_engine_failed)
     metrics.watch(engine, model_name)
@@ -60,10 +62,10 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, *,
         logger.info("shutting down: finishing in-flight requests")
         await asyncio.to_thread(engine.shutdown, SHUTDOWN_TIMEOUT_S)
 
-    app = FastAPI(title="Ember", summary="OpenAI-compatible embedding server", lifespan=lifespan,
+    app = FastAPI(title="Ember", summary="OpenAI-, Cohere- and Jina-compatible server: embed, rerank, score, classify, generate", lifespan=lifespan,
                   default_response_class=JSONBody)
     app.state.ember = state
-    for module in (embeddings, pooling, tokenize, models, health, completions):
+    for module in (embeddings, pooling, scoring, classify, tokenize, models, health, completions):
         app.include_router(module.router)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -79,13 +81,13 @@ async def _warm_up_then_serve(app: FastAPI, state: ServerState) -> None:
             return  # /health reports it
         await asyncio.sleep(0.02)
     start = time.perf_counter()
-    await warm_http_path(app, generative=engine.info.has_kv_cache, api_key=state.settings.api_key)
+    await warm_http_path(app, tasks=engine.info.tasks, api_key=state.settings.api_key)
     state.http_warm = True
     logger.info("HTTP path warmed in %.2f s", time.perf_counter() - start)
     _log_ready(engine, state.settings, state.model_name)
 
 
-def _log_ready(engine: AsyncEngine, settings: ServerSettings, model_name: str) -> None:
+def _log_ready(engine: AsyncEngine, settings: ServerConfig, model_name: str) -> None:
     stats = engine.stats()
     logger.info(
         "ready: serving %s at %s (startup %.1f s, compile %.1f s, warm-up %.1f s over %d shapes, %s)",

@@ -47,9 +47,66 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-class PoolingRequest(EmbeddingRequest):
-    task: Literal["embed", "token_embed"] = "embed"
-    """embed: one vector per input; token_embed: one vector per token."""
+class PoolingRequest(_Request):
+    input: Union[EmbeddingInput, list[tuple[StrictStr, StrictStr]]] = Field(
+        description="as /v1/embeddings, or [text, text] pairs for a cross-encoder's classify and score tasks")
+    task: Literal["embed", "token_embed", "classify", "score"] = "embed"
+    """embed: one vector per input; token_embed: one vector per token; classify: class scores;
+    score: a cross-encoder's score of each pair. /v1/models lists the tasks of the model."""
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+    normalize: bool | None = None
+    use_activation: bool | None = None
+    user: str | None = None
+
+
+class ClassifyRequest(_Request):
+    input: Union[StrictStr, list[StrictStr], list[list[StrictInt]]] = Field(description="texts to classify")
+    truncate_prompt_tokens: StrictInt | None = None
+    use_activation: bool | None = None
+    """false: the logits instead of probabilities."""
+    user: str | None = None
+
+
+class ScoreRequest(_Request):
+    """vLLM's /score: text_1 against text_2 (1:1, 1:N or N:N); `queries`/`documents` are accepted
+    as the same two fields."""
+
+    text_1: Union[StrictStr, list[StrictStr], None] = None
+    text_2: Union[StrictStr, list[StrictStr], None] = None
+    queries: Union[StrictStr, list[StrictStr], None] = None
+    documents: Union[StrictStr, list[StrictStr], None] = None
+    truncate_prompt_tokens: StrictInt | None = None
+    use_activation: bool | None = None
+    user: str | None = None
+
+    def texts(self) -> tuple[Any, Any]:
+        first = self.text_1 if self.text_1 is not None else self.queries
+        second = self.text_2 if self.text_2 is not None else self.documents
+        return first, second
+
+
+class RerankDocument(BaseModel):
+    text: StrictStr
+
+
+class RerankRequest(_Request):
+    """Jina's and Cohere's rerank (v1 and v2): a query, documents, the top_n best."""
+
+    query: StrictStr
+    documents: list[Union[StrictStr, RerankDocument]]
+    top_n: StrictInt | None = None
+    """The best top_n documents (None or 0: all)."""
+    return_documents: bool | None = None
+    """Include each document's text (default: true on /rerank and /v1/rerank, false on /v2/rerank)."""
+    max_tokens_per_doc: StrictInt | None = None
+    """Cohere: cut each document to this many tokens first."""
+    truncate_prompt_tokens: StrictInt | None = None
+    use_activation: bool | None = None
+
+    def document_texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
 
 
 class TokenizeRequest(_Request):
@@ -82,7 +139,7 @@ class EmbeddingResponse(BaseModel):
 class PoolingData(BaseModel):
     object: Literal["pooling"] = "pooling"
     index: int
-    data: list[float] | list[list[float]] | str
+    data: list[float] | list[list[float]] | str | float
 
 
 class PoolingResponse(BaseModel):

@@ -8,33 +8,17 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from ember.config import ServerConfig
 from ember.engine.async_engine import AsyncEngine
 from ember.entrypoints.server.errors import AuthenticationError
 from ember.entrypoints.server.metrics import ServerMetrics
 from ember.errors import ModelNotFoundError
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    """When set, every route but /health and /metrics needs `Authorization: Bearer <key>`."""
-    served_model_name: str | None = None
-    """Name reported by /v1/models and accepted in `model`. Default: the model argument."""
-    max_body_bytes: int = 32 * 2**20
-    """Larger request bodies are refused with 413."""
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-
 @dataclass(slots=True)
 class ServerState:
     engine: AsyncEngine
-    settings: ServerSettings
+    settings: ServerConfig
     metrics: ServerMetrics
     model_name: str
     """The served model name."""

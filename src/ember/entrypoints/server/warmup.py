@@ -17,12 +17,18 @@ WARMUP_SCOPE_KEY = "ember.warmup"
 """Set in the ASGI scope of warm-up requests, so that the metrics middleware skips them."""
 
 
-async def warm_http_path(app: ASGIApp, *, generative: bool, api_key: str | None) -> None:
-    """POST the routes a client calls first, in process; a failure is logged, never fatal."""
+async def warm_http_path(app: ASGIApp, *, tasks: tuple[str, ...], api_key: str | None) -> None:
+    """POST the routes of the tasks the model serves, in process; a failure is logged, never fatal."""
     requests: list[tuple[str, dict]] = [("/tokenize", {"prompt": "warm up"})]
-    if not generative:
+    if "embed" in tasks and "generate" not in tasks:
         requests += [("/v1/embeddings", {"input": ["warm up", "the server"], "encoding_format": fmt})
                      for fmt in ("float", "base64")]
+    if "score" in tasks and "generate" not in tasks:
+        rerank = {"query": "warm up", "documents": ["the server", "and its routes"]}
+        requests += [("/rerank", rerank), ("/v2/rerank", rerank),
+                     ("/score", {"text_1": "warm up", "text_2": ["the server"]})]
+    if "classify" in tasks:
+        requests.append(("/classify", {"input": ["warm up", "the server"]}))
     for path, body in requests:
         status = await _post(app, path, body, api_key)
         if status != 200:

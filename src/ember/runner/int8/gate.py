@@ -16,12 +16,19 @@ def lowest_cosine(reference: torch.Tensor, quantized: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(reference.float(), quantized.float(), dim=-1).min())
 
 
-def enforce_gate(measured: float, min_cosine: float) -> float:
+def score_agreement(reference: torch.Tensor, quantized: torch.Tensor) -> float:
+    """Classifiers' gate: 1 - the largest difference between matching scores (probabilities in
+    [0, 1] after the model's activation), so that the same bar (0.999: no score moves by more
+    than 0.001) holds scores to what cosines hold vectors to."""
+    return 1.0 - float((reference.float() - quantized.float()).abs().max())
+
+
+def enforce_gate(measured: float, min_cosine: float, measure: str = "lowest cosine") -> float:
     """Returns `measured`; raises QuantizationQualityError when it is below min_cosine."""
     if measured < min_cosine:
         raise QuantizationQualityError(
-            f"int8 quantization refused: on the built-in probe set its embeddings reach a min cosine of "
-            f"{measured:.8f} against float32, below quantization_min_cosine={min_cosine}; run without "
-            f"quantization (or lower --quantization-min-cosine if that quality is acceptable)"
+            f"int8 quantization refused: on the built-in probe set its {measure} against float32 is "
+            f"{measured:.8f}, below quantization_min_cosine={min_cosine}; run without quantization (or lower "
+            f"--quantization-min-cosine if that quality is acceptable)"
         )
     return measured

@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ember.runner.int8.calibration import calibration_and_probe_texts, capture_linear_inputs, int8_template, quantize_int8
+from ember.runner.int8.calibration import (
+    calibration_and_probe_texts,
+    capture_linear_inputs,
+    int8_template,
+    quantize_int8,
+)
 from ember.runner.int8.gate import QuantizationQualityError, enforce_gate, lowest_cosine
 from ember.runner.int8.kernel import Int8Kernel
 from ember.runner.int8.store import load_quantized, save_quantized
@@ -30,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 class Int8Mode:
     def __init__(self, kernel: Int8Kernel, layers_path: Path | None, min_cosine: float, required: bool,
-                 embed_texts: Callable[[list[str]], torch.Tensor]) -> None:
+                 embed_texts: Callable[[list[str]], torch.Tensor],
+                 compare: Callable[[torch.Tensor, torch.Tensor], float] | None = None) -> None:
         self.kernel = kernel
         self.layers_path = layers_path
         """Where the calibrated layers are stored (None: no disk cache)."""
@@ -38,6 +44,10 @@ class Int8Mode:
         self.required = required
         """quantization="int8" (refuse below the gate) rather than "auto" (fall back to float)."""
         self._embed_texts = embed_texts
+        """The model's outputs on texts: vectors, or a classifier's scores."""
+        self._compare = compare or lowest_cosine
+        self._measure_name = "lowest cosine" if compare is None else "1 - largest score difference"
+        """How far int8 outputs are from float32: the lowest cosine (vectors), score_agreement (scores)."""
         self.measured: float | None = None
         """The probe set's lowest cosine against float32, once measured (or loaded)."""
         self._probe: tuple[list[str], torch.Tensor] | None = None
@@ -49,7 +59,7 @@ class Int8Mode:
             return False
         try:
             self.measured = load_quantized(model, path, self.kernel)
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry: recalibrate
+        except Exception as exc:
             logger.warning("ignoring unreadable int8 cache entry %s (%s); recalibrating", path, exc)
             return False
         logger.info("int8: layers loaded from %s", path)
@@ -76,7 +86,7 @@ class Int8Mode:
         assert self._probe is not None, "calibrate() first"
         probe, reference = self._probe
         self._probe = None
-        self.measured = lowest_cosine(reference, self._embed_texts(probe))
+        self.measured = self._compare(reference, self._embed_texts(probe))
         if self.layers_path is not None:
             try:
                 save_quantized(model, self.layers_path, self.measured)
@@ -87,14 +97,14 @@ class Int8Mode:
         """Whether int8 stays. Below the gate: raises if int8 was required, else warns."""
         assert self.measured is not None
         try:
-            enforce_gate(self.measured, self.min_cosine)
+            enforce_gate(self.measured, self.min_cosine, self._measure_name)
         except QuantizationQualityError:
             if self.required:
                 raise
-            logger.warning("int8 reaches a min cosine of %.6f against float32 on the probe set, below "
+            logger.warning("int8 reaches %.6f against float32 on the probe set (%s), below "
                            "quantization_min_cosine=%s: running the float model instead", self.measured,
-                           self.min_cosine)
+                           self._measure_name, self.min_cosine)
             return False
-        logger.info("int8 (%s kernel): min cosine vs float32 on the probe set %.4f (gate %.4f)", self.kernel.name,
-                    self.measured, self.min_cosine)
+        logger.info("int8 (%s kernel): %s vs float32 on the probe set %.4f (gate %.4f)", self.kernel.name,
+                    self._measure_name, self.measured, self.min_cosine)
         return True

@@ -13,8 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from starlette.responses import Response, StreamingResponse
 
-from ember.engine import async_generation
-from ember.engine.async_generation import TokenSnapshot
+from ember.engine.async_engine import AsyncEngine, TokenSnapshot
 from ember.engine.sequence import Sequence
 from ember.entrypoints.chat import render_chat
 from ember.entrypoints.server.protocol import JSONBody
@@ -77,7 +76,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    settings = async_generation.chat_settings(get_state(request).engine)
+    settings = get_state(request).engine.tokenizer_config
     prompt = render_chat(settings, [m.model_dump() for m in body.messages])
     params = body.sampling_params(None)
     if body.max_completion_tokens is not None and body.max_tokens is None:
@@ -93,11 +92,11 @@ async def _serve(request: Request, body: _Sampling, prompts: list[Any], params: 
                  chat: bool) -> Response:
     state = get_state(request)
     model = check_model(state, body.model)
-    seqs = await async_generation.prepare(state.engine, prompts, params)
+    seqs = await state.engine.make_requests("generate", prompts, params)
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
     if body.stream:
         return StreamingResponse(_stream(state.engine, seqs, head, chat), media_type="text/event-stream")
-    done = await async_generation.run(state.engine, seqs, is_disconnected=_disconnect_waiter(request))
+    done = await state.engine.run(seqs, is_disconnected=_disconnect_waiter(request))
     choices = [_choice(i, s.text, s.finish_reason, chat) for i, s in enumerate(done)]
     prompt_tokens = sum(len(s.prompt_token_ids) for s in done)
     completion_tokens = sum(len(s.output_token_ids) for s in done)
@@ -113,10 +112,10 @@ def _choice(index: int, text: str, finish_reason: str | None, chat: bool) -> dic
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
-async def _stream(engine: Any, seqs: list[Sequence], head: dict[str, Any], chat: bool) -> AsyncIterator[bytes]:
+async def _stream(engine: AsyncEngine, seqs: list[Sequence], head: dict[str, Any], chat: bool) -> AsyncIterator[bytes]:
     """SSE chunks of new text; text that could still turn into a stop string is held back."""
     queue: asyncio.Queue[TokenSnapshot | None] = asyncio.Queue()
-    task = asyncio.ensure_future(async_generation.run(engine, seqs, on_token=queue.put_nowait))
+    task = asyncio.ensure_future(engine.run(seqs, on_token=queue.put_nowait))
     task.add_done_callback(lambda _: queue.put_nowait(None))
     sent = [""] * len(seqs)
     hold = max((len(s) for s in seqs[0].params.stop_strings), default=1) - 1

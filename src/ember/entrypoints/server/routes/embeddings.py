@@ -13,6 +13,7 @@ from ember.entrypoints.server.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     JSONBody,
+    PoolingRequest,
     encode_vector,
 )
 from ember.entrypoints.server.state import check_model, get_state, require_api_key
@@ -33,14 +34,16 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     return JSONBody({"object": "list", "data": data, "model": model, "usage": usage(results)})
 
 
-async def run_pooling(body: EmbeddingRequest, request: Request, *, task: str) -> tuple[str, list[EngineRequest]]:
+async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request, *, task: str
+                      ) -> tuple[str, list[EngineRequest]]:
     """Check the model and the input, run it through the engine; (served name, finished requests)."""
     state = get_state(request)
     model = check_model(state, body.model)
     check_input(body.input)
     params = PoolingParams(normalize=body.normalize, dimensions=body.dimensions,
-                           truncate_prompt_tokens=body.truncate_prompt_tokens)
-    results = await state.engine.encode(body.input, params, task, is_disconnected=_disconnect_waiter(request))
+                           truncate_prompt_tokens=body.truncate_prompt_tokens,
+                           use_activation=getattr(body, "use_activation", None))
+    results = await state.engine.submit(task, body.input, params, is_disconnected=disconnect_waiter(request))
     return model, results
 
 
@@ -48,12 +51,12 @@ def check_input(value: Any) -> None:
     """What pydantic's types do not say: no empty strings or lists, at most MAX_INPUT_ITEMS items."""
     if value == "" or value == []:
         raise InvalidRequestError("'input' must not be empty", param="input")
-    if isinstance(value, list) and isinstance(value[0], (str, list)):
+    if isinstance(value, list) and isinstance(value[0], (str, list, tuple)):
         if len(value) > MAX_INPUT_ITEMS:
             raise InvalidRequestError(
                 f"'input' has {len(value)} items; at most {MAX_INPUT_ITEMS} are allowed per request", param="input"
             )
-        empty = next((i for i, item in enumerate(value) if len(item) == 0), None)
+        empty = next((i for i, item in enumerate(value) if len(item) == 0 or (isinstance(item, tuple) and "" in item)), None)
         if empty is not None:
             raise InvalidRequestError(f"'input[{empty}]' must not be empty", param="input")
 
@@ -63,7 +66,7 @@ def usage(results: list[EngineRequest]) -> dict[str, int]:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def _disconnect_waiter(request: Request) -> Any:
+def disconnect_waiter(request: Request) -> Any:
     """An awaitable factory that returns when the client goes away (the body is already read)."""
 
     async def wait_for_disconnect() -> None:

@@ -17,7 +17,11 @@ async def list_models(request: Request) -> Response:
     card = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "ember",
             "root": state.engine.config.model_config.model}
     if state.engine.is_ready:
-        card["max_model_len"] = state.engine.info.max_model_len
+        info = state.engine.info
+        card["max_model_len"] = info.max_model_len
+        card["tasks"] = list(info.tasks)  # a route for another task answers 400 naming these
+        if info.labels:
+            card["labels"] = list(info.labels)
     return JSONBody({"object": "list", "data": [card]})
 
 

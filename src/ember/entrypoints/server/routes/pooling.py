@@ -1,4 +1,4 @@
-"""POST /pooling (vLLM): the raw pooled output, one vector per input or one per token."""
+"""POST /pooling (vLLM): the raw output of any task the model serves (GET /v1/models lists them)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/pooling", response_model=PoolingResponse, response_class=JSONBody)
 async def create_pooling(body: PoolingRequest, request: Request) -> Response:
-    """task "embed": like /v1/embeddings; "token_embed": a [num_tokens, hidden] matrix per input."""
+    """task "embed": like /v1/embeddings; "token_embed": a [num_tokens, hidden] matrix per input;
+    "classify": class scores per input; "score": a cross-encoder's score per [text, text] pair."""
     model, results = await run_pooling(body, request, task=body.task)
     data = [
-        {"object": "pooling", "index": i, "data": encode_vector(r.output.numpy(), body.encoding_format)}
+        {"object": "pooling", "index": i,
+         "data": float(r.output) if body.task == "score" else encode_vector(r.output.numpy(), body.encoding_format)}
         for i, r in enumerate(results)
     ]
     return JSONBody({"object": "list", "data": data, "model": model, "usage": usage(results)})
