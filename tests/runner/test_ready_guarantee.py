@@ -12,6 +12,7 @@ import torch
 from ember import LLM
 from tests.conftest import check_close
 from tests.rng import assert_states_equal, current_states, fresh_states
+from tests.tiny_models import WORDS, build_tiny_classifier
 
 MAX_SEQS, MAX_LEN = 8, 64
 
@@ -46,6 +47,28 @@ def test_every_batch_size_and_length_after_ready_never_compiles(engines):
     assert stats["compiles_after_ready"] == 0, stats
 
 
+@pytest.fixture(scope="module")
+def cross_encoders(tmp_path_factory):
+    path = str(build_tiny_classifier(tmp_path_factory.mktemp("cross-encoder"), "bert", 1))
+    return LLM(path, **PLAN), LLM(path, enforce_eager=True, **PLAN)
+
+
+def test_cross_encoder_pairs_of_every_size_never_compile(cross_encoders):
+    """Pairs (segment ids through the eager embeddings, then the compiled layers, then the head)
+    at every batch size and length: compiled equals eager, and nothing compiles after ready."""
+    compiled, eager = cross_encoders
+    for batch in (1, 2, 3, 5, MAX_SEQS):
+        for words in (1, 4, 11, 25, 40):
+            pairs = [(" ".join(WORDS[i:i + 3]), " ".join(WORDS[i:i + words + i % 3])) for i in range(batch)]
+            ours = [o.outputs.probs for o in compiled.classify(pairs, use_activation=False)]
+            ref = [o.outputs.probs for o in eager.classify(pairs, use_activation=False)]
+            np.testing.assert_allclose(ours, ref, atol=1e-4, err_msg=f"batch {batch}, {words} words")
+    compiled.rerank("quick fox", [" ".join(WORDS[:n]) for n in (3, 30, 90)], truncate_prompt_tokens=-1)
+    compiled.score(["a", "b"], ["c d", "e f g"])
+    stats = compiled.stats()
+    assert stats["is_compiled"] and stats["compiles_after_ready"] == 0 and stats["eager_fallbacks"] == 0, stats
+
+
 def test_compilation_times_reported(engines):
     compiled, eager = engines
     assert compiled.compilation_times.encoder > 0
@@ -54,13 +77,17 @@ def test_compilation_times_reported(engines):
     assert compiled.stats()["num_warmed_shapes"] >= 4
 
 
-@pytest.mark.parametrize("options", [{"enforce_eager": True}, {}, {"quantization": "int8"}],
-                         ids=["eager", "compiled", "int8-calibrated-while-compiling"])
-def test_rng_state_at_ready_equals_a_freshly_seeded_one(tiny_bert, options):
+@pytest.mark.parametrize("options", [{"enforce_eager": True}, {}, {"quantization": "int8"}, {"cross_encoder": True}],
+                         ids=["eager", "compiled", "int8-calibrated-while-compiling", "cross-encoder-int8-eager"])
+def test_rng_state_at_ready_equals_a_freshly_seeded_one(tiny_bert, options, tmp_path):
     torch.manual_seed(999)  # whatever the caller did before must not matter
     random.seed(999)
+    path = str(tiny_bert)
+    if options.pop("cross_encoder", False):  # calibrates on scores; eager keeps it short
+        path = str(build_tiny_classifier(tmp_path, "bert", 1))
+        options = {"enforce_eager": True, "quantization": "int8"}
     plan = {**PLAN, "dtype": "auto", "quantization_min_cosine": 0.5} if options.get("quantization") else PLAN
-    LLM(str(tiny_bert), seed=7, **options, **plan)
+    LLM(path, seed=7, **options, **plan)
     at_ready = current_states()
     first_draw = torch.rand(4)
     expected = fresh_states(7)
