@@ -130,6 +130,18 @@ def test_malformed_json_and_non_object(server: RunningServer) -> None:
     check_error(httpx.post(f"{server.url}/v1/embeddings", content=b'[1, 2]', headers=headers), 400, None)
 
 
+@pytest.mark.parametrize("text", [b'"\\ud800"', b'"\\u0000\\ud800"', b'["ok", "\\udfff tail"]'])
+def test_lone_surrogates_are_a_400_not_a_500(server: RunningServer, text: bytes) -> None:
+    """Valid JSON that clients do send, but not valid Unicode: the tokenizer cannot take it."""
+    headers = {"content-type": "application/json"}
+    error = check_error(httpx.post(f"{server.url}/v1/embeddings", content=b'{"input": ' + text + b"}",
+                                   headers=headers), 400, "input")
+    assert "not valid Unicode" in error["message"]
+    check_error(httpx.post(f"{server.url}/tokenize", content=b'{"prompt": "\\ud800"}', headers=headers), 400,
+                "prompt")
+    assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "still serving"}).status_code == 200
+
+
 def test_body_too_large(server: RunningServer) -> None:
     big = {"input": ["fox " * 1000] * 100}
     check_error(httpx.post(f"{server.url}/v1/embeddings", json=big), 413, None)

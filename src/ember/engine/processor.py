@@ -46,14 +46,14 @@ def _is_token_ids(value: Any) -> bool:
 
 def _one_prompt(prompt: Any, index: int) -> Prompt:
     if isinstance(prompt, str):
-        return prompt
+        return checked_text(prompt, index)
     if _is_pair(prompt):
-        return (prompt[0], prompt[1])
+        return (checked_text(prompt[0], index), checked_text(prompt[1], index))
     if isinstance(prompt, dict):
         if "prompt_token_ids" in prompt:
             prompt = prompt["prompt_token_ids"]
         elif isinstance(prompt.get("prompt"), str):
-            return prompt["prompt"]
+            return checked_text(prompt["prompt"], index)
     if _is_token_ids(prompt):
         return list(prompt)
     if isinstance(prompt, Sequence) and not isinstance(prompt, str) and len(prompt) == 0:
@@ -61,6 +61,17 @@ def _one_prompt(prompt: Any, index: int) -> Prompt:
     raise InvalidRequestError(
         f"prompt {index} must be a string, a (text, text) pair or a list of integer token ids; got "
         f"{type(prompt).__name__}: {prompt!r:.60}", param="input")
+
+
+def checked_text(text: str, index: int, param: str = "input") -> str:
+    """The text, if it is valid Unicode: a lone surrogate (valid JSON: "\\ud800") has no UTF-8
+    form, and the tokenizer would fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(f"prompt {index} is not valid Unicode: {exc.reason} at character {exc.start} "
+                                  f"({text[exc.start]!r})", param=param) from None
+    return text
 
 
 class InputProcessor:

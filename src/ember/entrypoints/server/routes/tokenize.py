@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from ember.engine.processor import checked_text
 from ember.entrypoints.server.protocol import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -24,6 +25,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     state = get_state(request)
     check_model(state, body.model)
     tokenizer = state.engine.tokenizer
+    checked_text(body.prompt, 0, param="prompt")
     tokenized = await state.engine.run_in_pool(tokenizer.encode_batch, [body.prompt], [None])
     ids = tokenized[0].token_ids
     out = {"count": len(ids), "max_model_len": state.engine.info.max_model_len, "tokens": ids}
