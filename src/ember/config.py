@@ -52,6 +52,10 @@ class ModelConfig:
                               choices=("auto", "int_mm", "onednn"))
     quantization_min_cosine: float = option(0.999, "lowest cosine vs float32 the int8 model must reach on the "
                                             "built-in probe set (embeddings, or scores for classifiers)")
+    long_inputs: str = option(
+        "error", "an input over max_model_len, when its request does not say (truncate_prompt_tokens): error (a "
+        "400 that says how to truncate) or truncate (keep the first max_model_len tokens, as sentence-transformers "
+        "and TEI's --auto-truncate do)", choices=("error", "truncate"))
     pooler_config: dict[str, Any] | None = option(None, 'overrides of the model\'s pooling, JSON: '
                                                   '\'{"pooling_type": "CLS", "normalize": true}\'')
     served_model_name: str | None = option(None, "name reported and accepted by the API (default: the model "
@@ -154,6 +158,9 @@ class EngineConfig:
         if m.quantization not in (None, "int8", "auto"):
             raise InvalidRequestError(f"quantization must be 'auto', 'int8' or None, got {m.quantization!r}",
                                       param="quantization")
+        if m.long_inputs not in ("error", "truncate"):
+            raise InvalidRequestError(f"long_inputs must be 'error' or 'truncate', got {m.long_inputs!r}",
+                                      param="long_inputs")
         if m.int8_kernel not in ("auto", "int_mm", "onednn"):
             raise InvalidRequestError(f"int8_kernel must be 'auto', 'int_mm' or 'onednn', got {m.int8_kernel!r}",
                                       param="int8_kernel")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from ember import (
@@ -119,3 +120,22 @@ def test_bad_engine_config(kwargs, param):
     with pytest.raises(InvalidRequestError) as info:
         LLM("sentence-transformers/all-MiniLM-L6-v2", **kwargs)
     assert info.value.param == param
+
+
+def test_long_inputs_default_per_engine(tiny_bert):
+    """long_inputs: an over-long input without truncate_prompt_tokens is an error that says how to
+    change that, or (long_inputs="truncate") cut at max_model_len; an explicit limit still wins."""
+    long_text = "quick brown fox " * 40
+    strict = LLM(str(tiny_bert), enforce_eager=True, dtype="float32")
+    with pytest.raises(InvalidRequestError, match="long_inputs='truncate'") as err:
+        strict.embed(long_text)
+    assert err.value.param == "input"
+    lenient = LLM(str(tiny_bert), enforce_eager=True, dtype="float32", long_inputs="truncate")
+    out = lenient.embed(long_text)[0]
+    assert out.truncated and out.num_prompt_tokens == lenient.model_info.max_model_len
+    assert lenient.embed(long_text, truncate_prompt_tokens=10)[0].num_prompt_tokens == 10
+    np.testing.assert_allclose(out.outputs.data, strict.embed(long_text, truncate_prompt_tokens=-1)[0].outputs.data,
+                               atol=1e-6)
+    with pytest.raises(InvalidRequestError) as err:
+        LLM(str(tiny_bert), enforce_eager=True, long_inputs="chunk")
+    assert err.value.param == "long_inputs"

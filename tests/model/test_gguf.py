@@ -43,8 +43,9 @@ def test_smollm2_greedy_continuation_matches_transformers_on_the_same_gguf(smoll
     tok, model = reference
     prompt = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     ref_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    llm = LLM(NAME, dtype="float32", enforce_eager=True, max_model_len=256, max_num_batched_tokens=256,
-              max_num_seqs=2)
+    # The .gguf file itself, as vLLM and llama.cpp take it (the name resolves to its folder above).
+    llm = LLM(str(find_gguf(smollm2)), dtype="float32", enforce_eager=True, max_model_len=256,
+              max_num_batched_tokens=256, max_num_seqs=2)
     ours = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]
     assert ours.prompt_token_ids == ref_ids, "tokenizer built from the GGUF differs from transformers'"
     model.generation_config.eos_token_id = None

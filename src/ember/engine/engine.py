@@ -37,7 +37,8 @@ class Engine:
         self.worker = Worker(config)
         self.runner = self.worker.start()
         self.info = self.runner.info
-        self.processor = InputProcessor(self.runner.tokenizer, self.info)
+        self.processor = InputProcessor(self.runner.tokenizer, self.info,
+                                        truncate_by_default=config.model_config.long_inputs == "truncate")
         self.scheduler = Scheduler(config.scheduler_config, self.runner.plan.max_tokens)
         self.generation = GenerationEngine(self.runner, config) if self.info.has_kv_cache else None  # type: ignore[arg-type]
         self._ids = itertools.count()

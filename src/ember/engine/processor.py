@@ -78,13 +78,17 @@ class InputProcessor:
     """Turns prompts into checked token ids for one model: every task's tokenization and
     validation happens here, before anything is queued. Thread-safe."""
 
-    def __init__(self, tokenizer: TextTokenizer, info: ModelInfo) -> None:
+    def __init__(self, tokenizer: TextTokenizer, info: ModelInfo, *, truncate_by_default: bool = False) -> None:
         self.tokenizer = tokenizer
         self.info = info
+        self.truncate_by_default = truncate_by_default
+        """long_inputs="truncate": a request that does not say truncates at max_model_len."""
 
     def process(self, task: str, prompts: list[Prompt], params: PoolingParams) -> list[Tokenized]:
         """Token ids of pooling prompts: texts, token-id lists and (cross-encoders) text pairs."""
         limit = params.token_limit(self.info)
+        if limit is None and self.truncate_by_default:
+            limit = self.info.max_model_len
         out: list[Tokenized | None] = [None] * len(prompts)
         texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if texts:
@@ -107,7 +111,8 @@ class InputProcessor:
             if len(tok.token_ids) > self.info.max_model_len:
                 raise InvalidRequestError(
                     f"prompt {i} has {len(tok.token_ids)} tokens, more than max_model_len={self.info.max_model_len}; "
-                    "pass truncate_prompt_tokens=-1 (or a smaller limit) to truncate it",
+                    "pass truncate_prompt_tokens=-1 (or a smaller limit) to truncate it, or start the engine with "
+                    "long_inputs='truncate' (ember serve --long-inputs truncate) to truncate by default",
                     param="input",
                 )
         return out  # type: ignore[return-value]

@@ -55,9 +55,10 @@ def installed_models() -> dict[str, Path]:
 
 
 def resolve_model_path(model: str) -> Path:
-    """A folder path or a known name -> an existing model folder."""
+    """A folder path, a .gguf file (llama.cpp's format, as vLLM and llama.cpp take it) or a known
+    name -> an existing model folder (or that file)."""
     candidate = Path(model).expanduser()
-    if candidate.is_dir():
+    if candidate.is_dir() or (candidate.is_file() and candidate.suffix == ".gguf"):
         return candidate.resolve()
     name = _ALIASES.get(model, model)
     for known in KNOWN_MODELS:
@@ -70,7 +71,7 @@ def resolve_model_path(model: str) -> Path:
                 )
             return path
     if candidate.exists():
-        raise ModelNotFoundError(f"model path {str(candidate)!r} is a file; give the model's folder")
+        raise ModelNotFoundError(f"model path {str(candidate)!r} is a file; give the model's folder (or a .gguf file)")
     installed = ", ".join(installed_models()) or "none"
     raise ModelNotFoundError(
         f"model {model!r} is neither a folder nor a known installed model. "
