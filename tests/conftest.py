@@ -10,6 +10,7 @@ import pytest
 
 from tests.tiny_models import (
     build_tiny_bert,
+    build_tiny_distilbert,
     build_tiny_llama,
     build_tiny_qwen3,
     build_tiny_xlm_roberta,
@@ -39,6 +40,11 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-cls"), pooling="CLS", normalize=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
 
 
 @pytest.fixture(scope="session")

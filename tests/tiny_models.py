@@ -27,7 +27,8 @@ def write_json(path: Path, data: object) -> None:
 
 
 def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: tuple[str, str], *,
-                              roberta_pairs: bool = False, model_max_length: int = 512) -> int:
+                              roberta_pairs: bool = False, model_max_length: int = 512,
+                              segment_ids: bool | None = None) -> int:
     """A real WordPiece tokenizer.json; returns the vocab size. specials: role -> token.
     roberta_pairs: pairs as RoBERTa writes them (<s> a </s></s> b </s>, all segment ids 0)."""
     vocab: dict[str, int] = {}
@@ -50,7 +51,8 @@ def build_wordpiece_tokenizer(folder: Path, specials: dict[str, str], template: 
     tok.add_special_tokens(list(specials.values()))
     tok.save(str(folder / "tokenizer.json"))
     # BERT-style tokenizers hand transformers the segment ids (RoBERTa's are all 0 and left out).
-    inputs = ["input_ids", "attention_mask"] if roberta_pairs else ["input_ids", "token_type_ids", "attention_mask"]
+    segment_ids = not roberta_pairs if segment_ids is None else segment_ids  # DistilBERT: BERT pairs, no ids
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if segment_ids else ["input_ids", "attention_mask"]
     write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
         "model_input_names": inputs, **specials,
@@ -93,6 +95,23 @@ def build_tiny_bert(folder: Path, *, pooling: str = "MEAN", normalize: bool = Tr
     return folder
 
 
+def build_tiny_distilbert(folder: Path, *, pooling: str = "MEAN", normalize: bool = True) -> Path:
+    """DistilBERT with sinusoidal position embeddings, as msmarco-distilbert models ship."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("[CLS]", "[SEP]"), segment_ids=False)
+    config = DistilBertConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=128, sinusoidal_pos_embds=True, initializer_range=0.2,
+                              pad_token_id=0)
+    torch.manual_seed(0)
+    DistilBertModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    write_st_modules(folder, 32, pooling, normalize, 64)
+    return folder
+
+
 def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: bool = False,
                            max_seq_length: int = 64) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaModel
@@ -110,7 +129,7 @@ def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: boo
     return folder
 
 
-CLASSIFIER_KINDS = ("bert", "roberta", "xlm-roberta")
+CLASSIFIER_KINDS = ("bert", "roberta", "xlm-roberta", "distilbert")
 LABELS_3 = {0: "negative", 1: "neutral", 2: "positive"}
 
 
@@ -123,26 +142,30 @@ def build_tiny_classifier(folder: Path, kind: str = "bert", num_labels: int = 1,
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
-    bert = kind == "bert"
+    bert = kind in ("bert", "distilbert")
     specials = ({"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                  "mask_token": "[MASK]"} if bert else
                 {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                  "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"})
     template = ("[CLS]", "[SEP]") if bert else ("<s>", "</s>")
-    vocab_size = build_wordpiece_tokenizer(folder, specials, template, roberta_pairs=not bert, model_max_length=128)
+    vocab_size = build_wordpiece_tokenizer(folder, specials, template, roberta_pairs=not bert, model_max_length=128,
+                                           segment_ids=kind == "bert")
     config_cls, model_cls = {
         "bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
         "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification),
         "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification),
+        "distilbert": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification),
     }[kind]
     labels = {0: "relevance"} if num_labels == 1 else {i: LABELS_3.get(i, f"LABEL_{i}") for i in range(num_labels)}
     extra = {"pad_token_id": 0} if bert else {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
                                                "type_vocab_size": 1}
-    config = config_cls(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                        num_attention_heads=4, intermediate_size=intermediate_size,
-                        max_position_embeddings=128 if bert else 130, initializer_range=0.2,
+    sizes = ({"dim": hidden_size, "n_layers": num_layers, "n_heads": 4, "hidden_dim": intermediate_size}
+             if kind == "distilbert" else
+             {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": 4,
+              "intermediate_size": intermediate_size})
+    config = config_cls(vocab_size=vocab_size, max_position_embeddings=128 if bert else 130, initializer_range=0.2,
                         num_labels=num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
-                        problem_type=problem_type, **extra)
+                        problem_type=problem_type, **sizes, **extra)
     torch.manual_seed(0)
     model_cls(config).eval().save_pretrained(folder, safe_serialization=True)
     return folder

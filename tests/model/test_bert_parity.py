@@ -31,7 +31,7 @@ def _reference(folder, texts: list[str], pooling: str, normalize: bool) -> np.nd
 @pytest.mark.parametrize(
     ("fixture", "pooling", "normalize"),
     [("tiny_bert", "MEAN", True), ("tiny_bert_cls", "CLS", False), ("tiny_xlmr", "CLS", False),
-     ("tiny_xlmr_mean", "MEAN", True)],
+     ("tiny_xlmr_mean", "MEAN", True), ("tiny_distilbert", "MEAN", True)],
 )
 def test_tiny_model_matches_transformers(request, fixture, pooling, normalize):
     folder = request.getfixturevalue(fixture)
@@ -57,3 +57,20 @@ def test_pooler_config_override(tiny_bert, pooling):
         hidden = AutoModel.from_pretrained(tiny_bert).eval()(input_ids=ids).last_hidden_state[0]
     ref = {"CLS": hidden[0], "MEAN": hidden.mean(0), "MAX": hidden.max(0).values, "LAST": hidden[-1]}[pooling]
     check_close(ours=ours, ref=ref.numpy(), name_ours="ember", name_ref="transformers", tol=1e-5, label=pooling)
+
+
+def test_distilbert_compiled_equals_eager(tiny_distilbert, tmp_path):
+    """DistilBERT embedder and cross-encoder compiled (whole model: no segment ids), against eager."""
+    from tests.tiny_models import build_tiny_classifier
+
+    texts = ["quick brown fox", "search engine vector " * 10, "a"]
+    plan = {"dtype": "float32", "max_num_seqs": 4}
+    compiled, eager = LLM(str(tiny_distilbert), **plan), LLM(str(tiny_distilbert), enforce_eager=True, **plan)
+    np.testing.assert_allclose(np.stack([o.outputs.data for o in compiled.embed(texts)]),
+                               np.stack([o.outputs.data for o in eager.embed(texts)]), atol=1e-5)
+    path = str(build_tiny_classifier(tmp_path, "distilbert", 1))
+    ranker, ranker_eager = LLM(path, **plan), LLM(path, enforce_eager=True, **plan)
+    scores = [o.outputs.score for o in ranker.score(texts[0], texts)]
+    np.testing.assert_allclose(scores, [o.outputs.score for o in ranker_eager.score(texts[0], texts)], atol=1e-5)
+    for llm in (compiled, ranker):
+        assert llm.stats()["is_compiled"] and llm.stats()["compiles_after_ready"] == 0

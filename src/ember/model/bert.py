@@ -77,7 +77,8 @@ class Embeddings(nn.Module):
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        # DistilBERT has no segment embeddings (type_vocab_size 0).
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.position_offset = cfg.position_offset
 
@@ -86,7 +87,9 @@ class Embeddings(nn.Module):
         # Right padding: every real token's position is its index (plus RoBERTa's offset).
         positions = torch.arange(self.position_offset, seq + self.position_offset, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
-        if token_type_ids is None:
+        if self.token_type_embeddings is None:
+            pass
+        elif token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
             x = x + self.token_type_embeddings(token_type_ids)
@@ -177,14 +180,17 @@ class ClassificationHead(nn.Module):
     """dense -> tanh -> out on the first token: BERT's pooler + classifier, RoBERTa's classification
     head (dropout is the identity at inference). Runs after the compiled encoder, in float32."""
 
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
+    def __init__(self, hidden_size: int, num_labels: int, activation: Callable[[torch.Tensor], torch.Tensor] = torch.tanh
+                 ) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.out = nn.Linear(hidden_size, num_labels)
+        self.activation = activation
+        """tanh (BERT, RoBERTa) or relu (DistilBERT's pre_classifier)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[batch, seq, hidden] -> logits [batch, num_labels]."""
-        return self.out(torch.tanh(self.dense(hidden[:, 0])))
+        return self.out(self.activation(self.dense(hidden[:, 0])))
 
 
 class BertForSequenceClassification(BertModel):
@@ -195,10 +201,11 @@ class BertForSequenceClassification(BertModel):
     """Pairs are told apart by segment ids, which the embeddings read (so they run in front of the
     compiled layers: runner/model_runner.py)."""
     head_names = {"bert.pooler.dense": "dense", "classifier": "out"}
+    head_activation: Callable[[torch.Tensor], torch.Tensor] = staticmethod(torch.tanh)
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__(cfg)
-        self.head = ClassificationHead(cfg.hidden_size, cfg.num_labels)
+        self.head = ClassificationHead(cfg.hidden_size, cfg.num_labels, self.head_activation)
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> EncoderConfig:

@@ -16,7 +16,10 @@ _ENCODERS: dict[str, tuple[str, str]] = {
     "RobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaModel": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
+    "DistilBertModel": ("ember.model.distilbert", "DistilBertModel"),
+    "DistilBertForMaskedLM": ("ember.model.distilbert", "DistilBertModel"),
     # Sequence classification: cross-encoders (one label) and classifiers.
+    "DistilBertForSequenceClassification": ("ember.model.distilbert", "DistilBertForSequenceClassification"),
     "BertForSequenceClassification": ("ember.model.bert", "BertForSequenceClassification"),
     "RobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
     "XLMRobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
@@ -35,6 +38,7 @@ _MODEL_TYPES: dict[str, str] = {
     "bert": "BertModel",
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
+    "distilbert": "DistilBertModel",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",

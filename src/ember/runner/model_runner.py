@@ -236,7 +236,7 @@ class ModelRunner:
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         inputs = (batch.input_ids, batch.attention_mask)
-        if batch.token_type_ids is not None:  # only pair models read segment ids
+        if batch.token_type_ids is not None and self.pair_segment_id is not None:  # only pair models read them
             inputs += (batch.token_type_ids,)
         if self._compiled is None:
             return self.model(*inputs)
