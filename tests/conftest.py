@@ -12,6 +12,7 @@ from tests.tiny_models import (
     build_tiny_bert,
     build_tiny_distilbert,
     build_tiny_llama,
+    build_tiny_mpnet,
     build_tiny_qwen3,
     build_tiny_xlm_roberta,
 )
@@ -45,6 +46,11 @@ def tiny_bert_cls(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_mpnet(tmp_path_factory.mktemp("tiny-mpnet"))
 
 
 @pytest.fixture(scope="session")

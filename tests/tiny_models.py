@@ -112,6 +112,23 @@ def build_tiny_distilbert(folder: Path, *, pooling: str = "MEAN", normalize: boo
     return folder
 
 
+def build_tiny_mpnet(folder: Path, *, pooling: str = "MEAN", normalize: bool = True) -> Path:
+    """MPNet (all-mpnet-base-v2's architecture): relative position buckets, positions from 2."""
+    from transformers import MPNetConfig, MPNetModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("<s>", "</s>"), roberta_pairs=True)
+    config = MPNetConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=130, relative_attention_num_buckets=32,
+                         initializer_range=0.2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    MPNetModel(config, add_pooling_layer=False).eval().save_pretrained(folder, safe_serialization=True)
+    write_st_modules(folder, 32, pooling, normalize, 64)
+    return folder
+
+
 def build_tiny_xlm_roberta(folder: Path, *, pooling: str = "CLS", normalize: bool = False,
                            max_seq_length: int = 64) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaModel

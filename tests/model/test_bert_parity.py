@@ -31,7 +31,8 @@ def _reference(folder, texts: list[str], pooling: str, normalize: bool) -> np.nd
 @pytest.mark.parametrize(
     ("fixture", "pooling", "normalize"),
     [("tiny_bert", "MEAN", True), ("tiny_bert_cls", "CLS", False), ("tiny_xlmr", "CLS", False),
-     ("tiny_xlmr_mean", "MEAN", True), ("tiny_distilbert", "MEAN", True)],
+     ("tiny_xlmr_mean", "MEAN", True), ("tiny_distilbert", "MEAN", True),
+     ("tiny_mpnet", "MEAN", True)],
 )
 def test_tiny_model_matches_transformers(request, fixture, pooling, normalize):
     folder = request.getfixturevalue(fixture)
@@ -74,3 +75,17 @@ def test_distilbert_compiled_equals_eager(tiny_distilbert, tmp_path):
     np.testing.assert_allclose(scores, [o.outputs.score for o in ranker_eager.score(texts[0], texts)], atol=1e-5)
     for llm in (compiled, ranker):
         assert llm.stats()["is_compiled"] and llm.stats()["compiles_after_ready"] == 0
+
+
+@pytest.mark.parametrize("scope", ["model", "layer"])
+def test_mpnet_compiled_equals_eager(tiny_mpnet, scope):
+    """The relative position bias folded into a [batch, heads, seq, seq] mask: one compiled layer
+    takes it as BERT's takes its key mask; the whole model computes it in the graph."""
+    texts = ["quick brown fox", "search engine vector " * 12, "a", "the lazy dog jumps"]
+    plan = {"dtype": "float32", "max_num_seqs": 4, "compile_scope": scope}
+    compiled = LLM(str(tiny_mpnet), **plan)
+    eager = LLM(str(tiny_mpnet), enforce_eager=True, dtype="float32", max_num_seqs=4)
+    for batch in (texts[:1], texts[1:3], texts):
+        np.testing.assert_allclose(np.stack([o.outputs.data for o in compiled.embed(batch)]),
+                                   np.stack([o.outputs.data for o in eager.embed(batch)]), atol=1e-5)
+    assert compiled.stats()["is_compiled"] and compiled.stats()["compiles_after_ready"] == 0

@@ -17,6 +17,8 @@ _ENCODERS: dict[str, tuple[str, str]] = {
     "XLMRobertaModel": ("ember.model.bert", "RobertaModel"),
     "XLMRobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),
     "DistilBertModel": ("ember.model.distilbert", "DistilBertModel"),
+    "MPNetModel": ("ember.model.mpnet", "MPNetModel"),
+    "MPNetForMaskedLM": ("ember.model.mpnet", "MPNetModel"),
     "DistilBertForMaskedLM": ("ember.model.distilbert", "DistilBertModel"),
     # Sequence classification: cross-encoders (one label) and classifiers.
     "DistilBertForSequenceClassification": ("ember.model.distilbert", "DistilBertForSequenceClassification"),
@@ -39,6 +41,7 @@ _MODEL_TYPES: dict[str, str] = {
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
     "distilbert": "DistilBertModel",
+    "mpnet": "MPNetModel",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",

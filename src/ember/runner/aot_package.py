@@ -242,7 +242,8 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
         with torch.no_grad():
             hidden, mask = model.embed(*example)
         example = (hidden, mask)
-        dynamic = ({0: batch, 1: seq}, {0: batch, mask.dim() - 1: seq})
+        # The mask is [batch, 1, 1, seq] (a key mask) or [batch, heads, seq, seq] (MPNet's bias folded in).
+        dynamic = ({0: batch, 1: seq}, {0: batch, **{d: seq for d in range(1, mask.dim()) if mask.shape[d] == s}})
 
     def export() -> torch.export.ExportedProgram:
         with torch.inference_mode(False), torch.no_grad():
