@@ -56,6 +56,9 @@ class ModelConfig:
         "error", "an input over max_model_len, when its request does not say (truncate_prompt_tokens): error (a "
         "400 that says how to truncate) or truncate (keep the first max_model_len tokens, as sentence-transformers "
         "and TEI's --auto-truncate do)", choices=("error", "truncate"))
+    default_prompt_name: str | None = option(
+        None, "the prompt put in front of every text when a request names none (one of the model's "
+        "config_sentence_transformers.json prompts; default: the model's own default_prompt_name)")
     pooler_config: dict[str, Any] | None = option(None, 'overrides of the model\'s pooling, JSON: '
                                                   '\'{"pooling_type": "CLS", "normalize": true}\'')
     served_model_name: str | None = option(None, "name reported and accepted by the API (default: the model "

@@ -26,6 +26,9 @@ class PoolingParams:
         truncation_side: which end is cut when truncating (a pair: "longest_first", as transformers).
         use_activation: classify/score: apply the model's activation (sigmoid for one label or
             multi-label, softmax otherwise) to the logits. None: True.
+        prompt_name: one of the model's prompts (config_sentence_transformers.json), put in front
+            of every text, as sentence-transformers does. None: the default prompt, if any.
+        prompt: a prefix given literally (instead of prompt_name).
     """
 
     normalize: bool | None = None
@@ -33,6 +36,15 @@ class PoolingParams:
     truncate_prompt_tokens: int | None = None
     truncation_side: Literal["right", "left"] = "right"
     use_activation: bool | None = None
+    prompt_name: str | None = None
+    prompt: str | None = None
+
+    def prefix(self, info: ModelInfo) -> str:
+        """What goes in front of every text: `prompt`, else the named prompt, else the default's."""
+        if self.prompt is not None:
+            return self.prompt
+        name = self.prompt_name or info.default_prompt_name
+        return info.prompts.get(name, "") if name else ""
 
     def verify(self, task: str, info: ModelInfo) -> None:
         """Raise InvalidRequestError naming the field when this request cannot run."""
@@ -52,6 +64,13 @@ class PoolingParams:
             raise InvalidRequestError(
                 f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}", param="truncation_side"
             )
+        if self.prompt_name is not None and self.prompt is not None:
+            raise InvalidRequestError("give prompt_name or prompt, not both", param="prompt")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InvalidRequestError(f"prompt must be a string, got {self.prompt!r}", param="prompt")
+        if self.prompt_name is not None and self.prompt_name not in info.prompts:
+            raise InvalidRequestError(f"prompt_name {self.prompt_name!r} is not one of this model's prompts: "
+                                      f"{sorted(info.prompts) or 'none'}", param="prompt_name")
         self._verify_dimensions(task, info)
         self._verify_truncation(info)
 

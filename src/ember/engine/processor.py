@@ -90,7 +90,8 @@ class InputProcessor:
         if limit is None and self.truncate_by_default:
             limit = self.info.max_model_len
         out: list[Tokenized | None] = [None] * len(prompts)
-        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
+        prefix = params.prefix(self.info)
+        texts = [(i, prefix + p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if texts:
             encoded = self.tokenizer.encode_batch([p for _, p in texts], [limit] * len(texts), params.truncation_side)
             for (i, _), tok in zip(texts, encoded):

@@ -3,6 +3,7 @@ The engine runs in this process; every method goes through Engine.make_requests 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +66,12 @@ class LLM:
         return self.engine.stats()
 
     def embed(self, prompts: PromptsType, *, pooling_params: PoolingParams | None = None,
-              truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
-        """One pooled vector per prompt, in input order."""
+              truncate_prompt_tokens: int | None = None, prompt_name: str | None = None,
+              use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
+        """One pooled vector per prompt, in input order. prompt_name: one of the model's prompts
+        (config_sentence_transformers.json) in front of every text; None: the default prompt."""
+        if prompt_name is not None:
+            pooling_params = dataclasses.replace(pooling_params or PoolingParams(), prompt_name=prompt_name)
         return self.encode(prompts, pooling_task="embed", pooling_params=pooling_params,
                            truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
 
@@ -149,6 +154,5 @@ def _merge_params(params: PoolingParams | None, truncate_prompt_tokens: int | No
         raise InvalidRequestError(f"pooling_params must be a PoolingParams, got {type(params).__name__}",
                                   param="pooling_params")
     if truncate_prompt_tokens is not None:
-        params = PoolingParams(params.normalize, params.dimensions, truncate_prompt_tokens, params.truncation_side,
-                               params.use_activation)
+        params = dataclasses.replace(params, truncate_prompt_tokens=truncate_prompt_tokens)
     return params

@@ -70,13 +70,10 @@ class SentenceTransformer:
         texts = [sentences] if single else list(sentences)
         if not texts:
             return torch.empty(0) if convert_to_tensor else np.empty((0,), dtype=np.float32)
-        prefix = self._prompt(prompt_name, prompt)
-        if prefix:
-            texts = [prefix + t for t in texts]
         dims = truncate_dim or self.truncate_dim
-        params = PoolingParams(
-            normalize=True if normalize_embeddings else None, dimensions=dims, truncate_prompt_tokens=-1
-        )
+        # The prefix (this object's prompts may add to the model's) goes literally: the engine puts it in front.
+        params = PoolingParams(normalize=True if normalize_embeddings else None, dimensions=dims,
+                               truncate_prompt_tokens=-1, prompt=self._prompt(prompt_name, prompt))
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= _PROGRESS_MIN_SENTENCES and sys.stderr.isatty()
         outputs = self.llm.embed(texts, pooling_params=params, use_tqdm=show_progress_bar)

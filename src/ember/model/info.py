@@ -30,6 +30,10 @@ def describe_model(folder: ModelFolder, model_config: Any, mc: ModelConfig, toke
             f"max_model_len={max_len} exceeds the model's {model_config.max_positions} positions",
             param="max_model_len")
     pooler = dict(mc.pooler_config or {})
+    default_prompt = mc.default_prompt_name or st.default_prompt_name
+    if mc.default_prompt_name is not None and mc.default_prompt_name not in st.prompts:
+        raise InvalidRequestError(f"default_prompt_name {mc.default_prompt_name!r} is not one of the model's "
+                                  f"prompts: {sorted(st.prompts) or 'none'}", param="default_prompt_name")
     labels = _labels(folder.hf_config) if getattr(model_config, "num_labels", 0) else ()
     if generative:
         pooling_type, normalize = "LAST", bool(pooler.get("normalize", True))
@@ -49,7 +53,7 @@ def describe_model(folder: ModelFolder, model_config: Any, mc: ModelConfig, toke
         has_kv_cache=generative,
         embedding_dimension=None if labels else model_config.hidden_size,
         prompts=st.prompts,
-        default_prompt_name=st.default_prompt_name,
+        default_prompt_name=default_prompt,
         labels=labels,
         multi_label=folder.hf_config.get("problem_type") == "multi_label_classification",
     )

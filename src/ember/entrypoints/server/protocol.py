@@ -44,6 +44,11 @@ class EmbeddingRequest(_Request):
     truncate_prompt_tokens: StrictInt | None = None
     """Keep at most this many tokens (-1: the model's limit). Default: over-long input is an error."""
     normalize: bool | None = None
+    prompt_name: str | None = None
+    """One of the model's prompts (GET /v1/models lists them), in front of every text."""
+    input_type: str | None = None
+    """Cohere's and Voyage's name for it: query / search_query, document / search_document /
+    passage; the model's prompt of that kind, or nothing when the model has none."""
     user: str | None = None
 
 
@@ -58,6 +63,8 @@ class PoolingRequest(_Request):
     truncate_prompt_tokens: StrictInt | None = None
     normalize: bool | None = None
     use_activation: bool | None = None
+    prompt_name: str | None = None
+    input_type: str | None = None
     user: str | None = None
 
 

@@ -42,7 +42,8 @@ async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request,
     check_input(body.input)
     params = PoolingParams(normalize=body.normalize, dimensions=body.dimensions,
                            truncate_prompt_tokens=body.truncate_prompt_tokens,
-                           use_activation=getattr(body, "use_activation", None))
+                           use_activation=getattr(body, "use_activation", None),
+                           prompt_name=prompt_name(state.engine.info.prompts, body.prompt_name, body.input_type))
     results = await state.engine.submit(task, body.input, params, is_disconnected=disconnect_waiter(request))
     return model, results
 
@@ -59,6 +60,24 @@ def check_input(value: Any) -> None:
         empty = next((i for i, item in enumerate(value) if len(item) == 0 or (isinstance(item, tuple) and "" in item)), None)
         if empty is not None:
             raise InvalidRequestError(f"'input[{empty}]' must not be empty", param="input")
+
+
+_INPUT_TYPES = {"query": ("query", "search_query"), "search_query": ("query", "search_query"),
+                "document": ("document", "passage", "search_document"),
+                "search_document": ("document", "passage", "search_document"),
+                "passage": ("passage", "document", "search_document")}
+
+
+def prompt_name(prompts: dict[str, str], name: str | None, input_type: str | None) -> str | None:
+    """prompt_name as given, else the model's prompt for `input_type` (None when it has none:
+    a symmetric model embeds queries and documents alike)."""
+    if name is not None or input_type is None:
+        return name
+    if input_type not in _INPUT_TYPES and input_type not in prompts:
+        raise InvalidRequestError(f"input_type must be one of {', '.join(_INPUT_TYPES)} or a prompt name of this "
+                                  f"model ({', '.join(sorted(prompts)) or 'none'}), got {input_type!r}",
+                                  param="input_type")
+    return next((p for p in (input_type, *_INPUT_TYPES.get(input_type, ())) if p in prompts), None)
 
 
 def usage(results: list[EngineRequest]) -> dict[str, int]:

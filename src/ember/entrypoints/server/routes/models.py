@@ -22,6 +22,9 @@ async def list_models(request: Request) -> Response:
         card["tasks"] = list(info.tasks)  # a route for another task answers 400 naming these
         if info.labels:
             card["labels"] = list(info.labels)
+        if info.prompts:
+            card["prompts"] = dict(info.prompts)
+            card["default_prompt_name"] = info.default_prompt_name
     return JSONBody({"object": "list", "data": [card]})
 
 
