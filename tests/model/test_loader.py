@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ember import LLM, InvalidRequestError, SentenceTransformer
+from ember import LLM, InvalidRequestError, PoolingParams, SentenceTransformer
 from tests.conftest import check_close
 
 TEXTS = ["quick brown fox", "the lazy dog sleeps", "hello world " * 10, "python code"]
@@ -57,3 +57,24 @@ def test_st_prompts_and_output_options(tiny_bert, tmp_path):
     assert model.encode(TEXTS, truncate_dim=8).shape == (4, 8)
     assert model.encode([]).shape == (0,)
     assert model.get_sentence_embedding_dimension() == 32
+
+
+def test_st_dense_modules_run_after_pooling(tiny_bert, tmp_path):
+    """A sentence-transformers folder with two Dense modules (32 -> 24 tanh, 24 -> 16 identity)
+    before Normalize, as saved by sentence-transformers itself: Ember equals it."""
+    from sentence_transformers import SentenceTransformer as Reference
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    torch.manual_seed(0)
+    modules = [Transformer(str(tiny_bert), max_seq_length=64), Pooling(32, "mean"),
+               Dense(32, 24, activation_function=torch.nn.Tanh()),
+               Dense(24, 16, activation_function=torch.nn.Identity()), Normalize()]
+    folder = tmp_path / "dense"
+    Reference(modules=modules, device="cpu").save(str(folder))
+    reference = Reference(str(folder), device="cpu").encode(TEXTS)
+    llm = LLM(str(folder), dtype="float32", enforce_eager=True)
+    assert llm.model_info.embedding_dimension == 16
+    ours = np.stack([o.outputs.data for o in llm.embed(TEXTS)])
+    check_close(ours=ours, ref=reference, name_ours="ember", name_ref="sentence-transformers", tol=1e-5)
+    cut = llm.embed("quick brown fox", pooling_params=PoolingParams(dimensions=8))[0]
+    assert cut.outputs.data.shape == (8,)  # matryoshka cuts the Dense output

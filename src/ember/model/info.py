@@ -51,7 +51,7 @@ def describe_model(folder: ModelFolder, model_config: Any, mc: ModelConfig, toke
         vocab_size=min(tokenizer_vocab, model_config.vocab_size),
         tasks=tasks,
         has_kv_cache=generative,
-        embedding_dimension=None if labels else model_config.hidden_size,
+        embedding_dimension=None if labels else (st.dense[-1].out_features if st.dense else model_config.hidden_size),
         prompts=st.prompts,
         default_prompt_name=default_prompt,
         labels=labels,

@@ -78,7 +78,8 @@ def activate(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[RowSpec], pooler: Pooler,
-                head: torch.nn.Module | None = None, multi_label: bool = False) -> list[torch.Tensor]:
+                head: torch.nn.Module | None = None, multi_label: bool = False,
+                dense: torch.nn.Module | None = None) -> list[torch.Tensor]:
     """The output of every real row of a batch, in float32, whatever its task.
 
     Args:
@@ -88,13 +89,17 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequen
             "token_embed" ([tokens, hidden]), "classify" ([labels]) or "score" (a scalar tensor).
         head: the classification head (logits from hidden states), for classify and score.
         multi_label: the head's labels are independent (sigmoid per label).
+        dense: sentence-transformers Dense modules, run on pooled vectors before the cut and
+            normalization (model/dense.py).
     """
     n = len(rows)
     out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
     embed = [i for i in range(n) if rows[i].task == "embed"]
     if embed:
-        pooled = postprocess(pooler(hidden[embed], attention_mask[embed]), [rows[i].dimensions for i in embed],
-                             [rows[i].normalize for i in embed])
+        vectors = pooler(hidden[embed], attention_mask[embed])
+        if dense is not None:
+            vectors = dense(vectors)
+        pooled = postprocess(vectors, [rows[i].dimensions for i in embed], [rows[i].normalize for i in embed])
         for j, i in enumerate(embed):
             dims = rows[i].dimensions
             out[i] = pooled[j, :dims] if dims else pooled[j]

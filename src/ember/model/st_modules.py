@@ -16,12 +16,28 @@ from ember.errors import UnsupportedModelError
 _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
+_DENSE_ACTIVATIONS = ("torch.nn.modules.activation.", "torch.nn.modules.linear.Identity")
+"""What a Dense module may name as its activation: torch's own modules (sentence-transformers,
+without trust_remote_code, takes only those too)."""
 _POOLING_MODES = {
     "pooling_mode_cls_token": "CLS",
     "pooling_mode_mean_tokens": "MEAN",
     "pooling_mode_max_tokens": "MAX",
     "pooling_mode_lasttoken": "LAST",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class DenseModule:
+    """A sentence-transformers Dense module after pooling: activation(linear(x)) (+ x)."""
+
+    folder: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+    """A torch.nn module class path, e.g. torch.nn.modules.activation.Tanh."""
+    use_residual: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +51,8 @@ class SentenceTransformerModules:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    dense: tuple[DenseModule, ...] = ()
+    """Dense modules between pooling and Normalize, in order."""
 
 
 def read_st_modules(path: Path) -> SentenceTransformerModules:
@@ -44,7 +62,7 @@ def read_st_modules(path: Path) -> SentenceTransformerModules:
     if not modules_file.is_file():
         return SentenceTransformerModules()
     modules = _read_list(modules_file)
-    pooling_type, normalize = None, False
+    pooling_type, normalize, dense = None, False, []
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith(".Transformer") or kind == _TRANSFORMER:
@@ -53,10 +71,12 @@ def read_st_modules(path: Path) -> SentenceTransformerModules:
             pooling_type = _pooling_type(path / module.get("path", ""))
         elif kind == _NORMALIZE or kind.endswith(".Normalize"):
             normalize = True
+        elif kind.endswith(".Dense"):
+            dense.append(_dense(path / module.get("path", "")))
         else:
             raise UnsupportedModelError(
                 f"sentence-transformers module {kind!r} in {modules_file} is not supported "
-                "(supported: Transformer, Pooling, Normalize)"
+                "(supported: Transformer, Pooling, Dense, Normalize)"
             )
     prompts = st_meta.get("prompts") or {}
     return SentenceTransformerModules(
@@ -67,7 +87,25 @@ def read_st_modules(path: Path) -> SentenceTransformerModules:
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         prompts={str(k): str(v) for k, v in prompts.items()},
         default_prompt_name=st_meta.get("default_prompt_name"),
+        dense=tuple(dense),
     )
+
+
+def _dense(folder: Path) -> DenseModule:
+    config = read_json_object(folder / "config.json")
+    activation = str(config.get("activation_function") or "torch.nn.modules.linear.Identity")
+    if not activation.startswith(_DENSE_ACTIVATIONS):
+        raise UnsupportedModelError(f"{folder}: Dense activation {activation!r} is not a torch.nn module; "
+                                    "Ember runs torch's own activations only")
+    for key, default in (("module_input_name", "sentence_embedding"), ("module_output_name", None)):
+        if config.get(key, default) not in (default, "sentence_embedding"):
+            raise UnsupportedModelError(f"{folder}: a Dense module on {config.get(key)!r} is not supported "
+                                        "(only on the sentence embedding)")
+    try:
+        return DenseModule(folder, int(config["in_features"]), int(config["out_features"]),
+                           bool(config.get("bias", True)), activation, bool(config.get("use_residual", False)))
+    except KeyError as exc:
+        raise UnsupportedModelError(f"{folder}/config.json has no {exc.args[0]!r}") from None
 
 
 def _pooling_type(folder: Path) -> str:

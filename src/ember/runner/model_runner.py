@@ -10,6 +10,7 @@ import torch
 
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
+from ember.model.dense import load_dense
 from ember.model.info import describe_model
 from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, RowSpec, row_outputs
@@ -51,6 +52,8 @@ class ModelRunner:
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
         self.info = describe_model(self.folder, self.model.config, mc, self.tokenizer.vocab_size, generative=False)
         self.pooler = Pooler(self.info.pooling_type)
+        self.dense = load_dense(self.folder.st.dense)
+        """sentence-transformers Dense modules after pooling (float32, eager), or None."""
         self.pair_segment_id = self._pair_segment_id()
         self.pad_id = self.model.config.pad_token_id
         self.plan = self._shape_plan()
@@ -232,7 +235,8 @@ class ModelRunner:
         """Forward one batch; returns per real row its float32 output (model/pooler.py: row_outputs)."""
         hidden = self._forward(batch)  # [batch, seq, hidden]
         n = batch.num_seqs
-        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler, self._head, self.info.multi_label)
+        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler, self._head, self.info.multi_label,
+                           self.dense)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         inputs = (batch.input_ids, batch.attention_mask)
