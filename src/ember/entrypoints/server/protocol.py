@@ -52,20 +52,13 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
-class PoolingRequest(_Request):
-    input: Union[EmbeddingInput, list[tuple[StrictStr, StrictStr]]] = Field(
+class PoolingRequest(EmbeddingRequest):
+    input: Union[EmbeddingInput, list[tuple[StrictStr, StrictStr]]] = Field(  # type: ignore[assignment]
         description="as /v1/embeddings, or [text, text] pairs for a cross-encoder's classify and score tasks")
     task: Literal["embed", "token_embed", "classify", "score"] = "embed"
     """embed: one vector per input; token_embed: one vector per token; classify: class scores;
     score: a cross-encoder's score of each pair. /v1/models lists the tasks of the model."""
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = None
-    truncate_prompt_tokens: StrictInt | None = None
-    normalize: bool | None = None
     use_activation: bool | None = None
-    prompt_name: str | None = None
-    input_type: str | None = None
-    user: str | None = None
 
 
 class ClassifyRequest(_Request):
