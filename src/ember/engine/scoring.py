@@ -90,10 +90,14 @@ class RankedDocument:
     document: str
 
 
-def rank(documents: Sequence[str], scores: Sequence[float], top_n: int | None) -> list[RankedDocument]:
-    """Documents by decreasing score (ties keep their input order), the first top_n (None or 0: all,
-    as vLLM)."""
+def check_top_n(top_n: int | None) -> None:
+    """top_n is None or a non-negative integer (0, like None, keeps every document, as vLLM)."""
     if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 0):
         raise InvalidRequestError(f"top_n must be a non-negative integer, got {top_n!r}", param="top_n")
+
+
+def rank(documents: Sequence[str], scores: Sequence[float], top_n: int | None) -> list[RankedDocument]:
+    """Documents by decreasing score (ties keep their input order), the first top_n (None or 0: all)."""
+    check_top_n(top_n)
     order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
     return [RankedDocument(i, float(scores[i]), documents[i]) for i in order[:top_n or None]]

@@ -13,7 +13,7 @@ from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine import Engine
 from ember.engine.processor import PromptsType
 from ember.engine.request import Request
-from ember.engine.scoring import pair_up, plan_scores, rank
+from ember.engine.scoring import check_top_n, pair_up, plan_scores, rank
 from ember.errors import InvalidRequestError
 from ember.outputs import (
     ClassificationOutput,
@@ -119,7 +119,7 @@ class LLM:
             raise InvalidRequestError("documents must be a non-empty list of strings", param="documents")
         params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens, use_activation=use_activation)
         plan = plan_scores(self.engine.info, pair_up(query, list(documents)), params)
-        rank([], [], top_n)  # checks top_n before the model runs
+        check_top_n(top_n)  # before the model runs
         requests = self._run(plan.task, plan.prompts, plan.params, False)
         results = rank(list(documents), plan.scores([r.output for r in requests]), top_n)
         return RerankOutput(results, sum(r.num_tokens for r in requests))

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ember.engine.scoring import RankedDocument, pair_up, plan_scores, rank
+from ember.engine.scoring import RankedDocument, check_top_n, pair_up, plan_scores, rank
 from ember.entrypoints.server.protocol import JSONBody, RerankRequest, ScoreRequest
 from ember.entrypoints.server.routes.embeddings import disconnect_waiter
 from ember.entrypoints.server.state import ServerState, check_model, get_state, require_api_key
@@ -66,7 +66,7 @@ async def _rerank(body: RerankRequest, request: Request, *, truncate_by_default:
     documents = body.document_texts()
     if not documents:
         raise InvalidRequestError("documents must not be empty", param="documents")
-    rank([], [], body.top_n)  # refuses a bad top_n before the model runs
+    check_top_n(body.top_n)  # before the model runs
     if body.max_tokens_per_doc is not None:
         if body.max_tokens_per_doc < 1:
             raise InvalidRequestError(f"max_tokens_per_doc must be a positive integer, got {body.max_tokens_per_doc}",
