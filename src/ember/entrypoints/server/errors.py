@@ -44,6 +44,10 @@ class BodyTooLargeError(EmberError, HTTPException):
         return str(self.detail)
 
 
+class ShuttingDownError(EmberError):
+    """The server is draining after SIGTERM: requests in flight finish, new ones are refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorKind:
     status: int
@@ -63,6 +67,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     ClientGoneError: ErrorKind(499, "invalid_request_error", "client_closed_request"),  # nginx's code; nobody reads it
     OverloadedError: ErrorKind(503, "overloaded_error", "overloaded", retry_after_s=1),
     NotReadyError: ErrorKind(503, "service_unavailable_error", "not_ready", retry_after_s=5),
+    ShuttingDownError: ErrorKind(503, "service_unavailable_error", "shutting_down", retry_after_s=5),
     UnsupportedModelError: ErrorKind(500, "server_error", "unsupported_model"),
     OutOfMemoryBudgetError: ErrorKind(500, "server_error", "out_of_memory"),
     EngineDeadError: ErrorKind(500, "server_error", "engine_dead"),
@@ -109,9 +114,16 @@ def _describe(exc: BaseException) -> tuple[str, str | None]:
     return f"invalid value for '{where}': {first.get('msg', 'invalid request')}", field
 
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+"""What FastAPI says when the body is not UTF-8 (json.loads raised something else than a JSON error)."""
+
+
 def http_error_response(exc: HTTPException) -> Response:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = {"message": str(exc.detail), "type": _HTTP_TYPES.get(exc.status_code, kind), "param": None,
+    message = str(exc.detail)
+    if exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:
+        message = "malformed JSON body: it is not valid UTF-8 text"
+    body = {"message": message, "type": _HTTP_TYPES.get(exc.status_code, kind), "param": None,
             "code": str(exc.status_code)}
     return JSONBody({"error": body}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
