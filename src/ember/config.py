@@ -110,7 +110,18 @@ class ServerConfig:
     port: int = option(8000, "port to bind")
     api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on every route but /health and "
                                  "/metrics", env="EMBER_API_KEY")
-    max_body_bytes: int = option(32 * 2**20, "largest request body in bytes; larger ones get 413")
+    max_body_bytes: int = option(32 * 2**20, "largest request body in bytes; larger ones get 413 before they "
+                                 "are read")
+    max_concurrent_requests: int = option(256, "requests served at once (the probes /health and /metrics aside); "
+                                          "past it requests get 503 + Retry-After")
+    max_body_bytes_in_flight: int = option(256 * 2**20, "bytes of body the requests being served may hold "
+                                           "together; past it requests get 503 + Retry-After (bounds memory)")
+    max_items_per_request: int = option(2048, "most inputs (texts, token lists, pairs, documents) in one request, "
+                                        "as OpenAI allows; more is a 400")
+    max_tokens_per_request: int = option(300_000, "most tokens in one request after tokenization, as OpenAI "
+                                         "allows for embeddings; more is a 400")
+    max_connections: int = option(2048, "open connections uvicorn accepts (keep-alive ones included); past it "
+                                  "uvicorn itself answers a plain 503")
 
     @property
     def url(self) -> str:
@@ -120,7 +131,9 @@ class ServerConfig:
     def verify(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise InvalidRequestError(f"port must be in [0, 65535], got {self.port!r}", param="port")
-        _positive("max_body_bytes", self.max_body_bytes)
+        for name in ("max_body_bytes", "max_concurrent_requests", "max_body_bytes_in_flight",
+                     "max_items_per_request", "max_tokens_per_request", "max_connections"):
+            _positive(name, getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import socket
 import threading
@@ -50,13 +51,17 @@ def free_port() -> int:
 
 
 class RunningServer:
-    """`with RunningServer(model, enforce_eager=True) as server:` -> server.url, server.engine."""
+    """`with RunningServer(model, enforce_eager=True) as server:` -> server.url, server.engine.
 
-    def __init__(self, model: str, *, api_key: str | None = None, served_model_name: str | None = None,
-                 max_body_bytes: int = 32 * 2**20, **engine_kwargs: Any) -> None:
+    Keyword arguments that are ServerConfig fields (api_key, max_body_bytes, ...) go to the server,
+    the others to the engine."""
+
+    def __init__(self, model: str, *, served_model_name: str | None = None, **kwargs: Any) -> None:
         self.port = free_port()
-        self.config = EngineConfig.from_kwargs(model, served_model_name=served_model_name, **engine_kwargs)
-        self.settings = ServerConfig(port=self.port, api_key=api_key, max_body_bytes=max_body_bytes)
+        server_fields = {f.name for f in dataclasses.fields(ServerConfig)}
+        server_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in server_fields}
+        self.config = EngineConfig.from_kwargs(model, served_model_name=served_model_name, **kwargs)
+        self.settings = ServerConfig(port=self.port, **server_kwargs)
         self.app = create_app(self.config, self.settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="on"))

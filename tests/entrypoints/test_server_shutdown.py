@@ -76,6 +76,38 @@ def test_signal_finishes_in_flight_and_exits_0(tiny_bert: Path, sig: signal.Sign
     assert "starting engine: EngineConfig(" in log and "warm-up" in ready[0]
 
 
+def test_sigterm_drains_new_requests_get_503_in_flight_ones_finish(tiny_bert: Path) -> None:
+    """A request in flight (its body still arriving, so it stays in flight as long as the test wants)
+    holds the drain open: meanwhile new requests and /health get 503 + Retry-After, /metrics still
+    answers; once its body is sent it gets its 200, and the process exits 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "ember.entrypoints.cli", "serve", str(tiny_bert),
+                             "--enforce-eager", "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: is_healthy(url), "ready")
+        body = orjson.dumps({"input": make_texts(64, seed=12)})
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        wait_until(lambda: gauge(url, "ember_requests_in_progress") >= 2, "the slow request to be in flight")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: httpx.get(f"{url}/health").status_code == 503, "draining")
+        refused = httpx.post(f"{url}/v1/embeddings", json={"input": "new"})
+        error = check_error(refused, 503, None)
+        assert error["code"] == "shutting_down" and int(refused.headers["Retry-After"]) >= 1
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        slow.sendall(body[10:])
+        head = slow.recv(65536).decode(errors="replace")
+        assert head.startswith("HTTP/1.1 200"), head[:300]
+        slow.close()
+        assert proc.wait(DEADLINE_S) == 0
+    finally:
+        proc.kill()
+        log = proc.stderr.read() if proc.stderr else ""
+    assert "SIGTERM: draining 1 requests in flight" in log, log[-3000:]
+
+
 def test_startup_failure_exits_1(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "ember.entrypoints.cli", "serve", str(tmp_path / "missing"),
                            "--port", str(free_port())], capture_output=True, text=True, timeout=DEADLINE_S)

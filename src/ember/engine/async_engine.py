@@ -21,7 +21,7 @@ from typing import Any
 from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine_loop import EngineLoop, NotReadyError, RequestGroup, StepStats
 from ember.engine.request import Request
-from ember.errors import EmberError
+from ember.errors import EmberError, InvalidRequestError
 from ember.tokenizer import TextTokenizer
 
 __all__ = ["AsyncEngine", "ClientGoneError", "NotReadyError", "StepStats", "TokenSnapshot"]
@@ -37,12 +37,17 @@ class ClientGoneError(EmberError):
 class AsyncEngine:
     """An Engine for asyncio callers. `start()` returns at once; `is_ready` turns True after warm-up.
 
-    Args: see EngineLoop (config, on_step, on_startup_failed).
+    Args:
+        config, on_step, on_startup_failed: see EngineLoop.
+        max_items_per_request: most prompts in one make_requests call (None: any number).
+        max_tokens_per_request: most tokens in one make_requests call, after tokenization (None: any).
     """
 
-    def __init__(self, config: EngineConfig, **hooks: Any) -> None:
+    def __init__(self, config: EngineConfig, *, max_items_per_request: int | None = None,
+                 max_tokens_per_request: int | None = None, **hooks: Any) -> None:
         self.config = config
         self.loop = EngineLoop(config, **hooks)
+        self.max_items, self.max_tokens = max_items_per_request, max_tokens_per_request
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -105,8 +110,19 @@ class AsyncEngine:
 
     async def make_requests(self, task: str, prompts: Any, params: Any) -> list[Request]:
         """Engine.make_requests in the pool: validated, tokenized, nothing queued yet (so a bad
-        prompt is a clean InvalidRequestError before a streamed response starts)."""
-        return await self.run_in_pool(self.loop.ready_engine().make_requests, task, prompts, params)
+        prompt is a clean InvalidRequestError before a streamed response starts). The item limit
+        is checked before tokenizing, the token limit after."""
+        num_items = len(prompts) if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int) else 1
+        if self.max_items is not None and num_items > self.max_items:
+            raise InvalidRequestError(f"the request has {num_items} inputs; at most {self.max_items} are allowed per "
+                                      "request (ember serve --max-items-per-request)", param="input")
+        requests = await self.run_in_pool(self.loop.ready_engine().make_requests, task, prompts, params)
+        num_tokens = sum(r.num_tokens for r in requests)
+        if self.max_tokens is not None and num_tokens > self.max_tokens:
+            raise InvalidRequestError(f"the request has {num_tokens} tokens; at most {self.max_tokens} are allowed per "
+                                      "request (ember serve --max-tokens-per-request): send fewer inputs per request",
+                                      param="input")
+        return requests
 
     async def run(self, requests: list[Request], *, is_disconnected: Callable[[], Any] | None = None,
                   on_token: Callable[[TokenSnapshot], None] | None = None) -> list[Request]:

@@ -14,8 +14,9 @@ from fastapi import FastAPI
 from ember.config import EngineConfig, ServerConfig
 from ember.engine.async_engine import AsyncEngine
 from ember.entrypoints.server import errors
+from ember.entrypoints.server.admission import Admission, AdmissionMiddleware
 from ember.entrypoints.server.metrics import ServerMetrics
-from ember.entrypoints.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from ember.entrypoints.server.middleware import MetricsMiddleware
 from ember.entrypoints.server.protocol import JSONBody
 from ember.entrypoints.server.routes import (
     classify,
@@ -41,16 +42,18 @@ def create_app(config: EngineConfig, settings: ServerConfig | None = None, *,
 
     Args:
         config: the engine configuration.
-        settings: host, port (for the ready line), API key, served model name, body limit.
+        settings: host, port (for the ready line), API key, the limits in front of the work.
         on_engine_failed: called (on the engine thread) if the engine cannot start, e.g. to stop the server.
     """
     settings = settings or ServerConfig()
     model_name = config.model_config.served_model_name or config.model_config.model
     metrics = ServerMetrics()
-    engine = AsyncEngine(config, on_step=metrics.observe_step, on_startup_failed=on_engine_failed)
+    engine = AsyncEngine(config, max_items_per_request=settings.max_items_per_request,
+                         max_tokens_per_request=settings.max_tokens_per_request,
+                         on_step=metrics.observe_step, on_startup_failed=on_engine_failed)
     metrics.watch(engine, model_name)
     state = ServerState(engine, settings, metrics, model_name,
-                        frozenset({model_name, config.model_config.model}), int(time.time()))
+                        frozenset({model_name, config.model_config.model}), int(time.time()), Admission(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +71,7 @@ def create_app(config: EngineConfig, settings: ServerConfig | None = None, *,
     for module in (embeddings, pooling, scoring, classify, tokenize, models, health, completions):
         app.include_router(module.router)
     errors.install(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -14,9 +14,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.responses import Response
 
-MAX_INPUT_ITEMS = 2048
-"""Most prompts in one request (OpenAI's limit)."""
-
 EmbeddingInput = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
 
 

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from ember.config import ServerConfig
 from ember.engine.async_engine import AsyncEngine
+from ember.entrypoints.server.admission import Admission
 from ember.entrypoints.server.errors import AuthenticationError
 from ember.entrypoints.server.metrics import ServerMetrics
 from ember.errors import ModelNotFoundError
@@ -25,12 +26,13 @@ class ServerState:
     accepted_names: frozenset[str]
     created: int
     """Unix time the server started (the model card's `created`)."""
+    admission: Admission
     http_warm: bool = False
     """The HTTP path has been warmed after the engine (see warmup.py); /health waits for it."""
 
     @property
     def is_serving(self) -> bool:
-        return self.http_warm and self.engine.is_ready
+        return self.http_warm and self.engine.is_ready and not self.admission.is_draining
 
 
 def get_state(request: Request) -> ServerState:

@@ -9,7 +9,6 @@ from starlette.responses import Response
 
 from ember.engine.request import Request as EngineRequest
 from ember.entrypoints.server.protocol import (
-    MAX_INPUT_ITEMS,
     EmbeddingRequest,
     EmbeddingResponse,
     JSONBody,
@@ -49,14 +48,10 @@ async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request,
 
 
 def check_input(value: Any) -> None:
-    """What pydantic's types do not say: no empty strings or lists, at most MAX_INPUT_ITEMS items."""
+    """What pydantic's types do not say: no empty strings or lists (the AsyncEngine counts items and tokens)."""
     if value == "" or value == []:
         raise InvalidRequestError("'input' must not be empty", param="input")
     if isinstance(value, list) and isinstance(value[0], (str, list, tuple)):
-        if len(value) > MAX_INPUT_ITEMS:
-            raise InvalidRequestError(
-                f"'input' has {len(value)} items; at most {MAX_INPUT_ITEMS} are allowed per request", param="input"
-            )
         empty = next((i for i, item in enumerate(value) if len(item) == 0 or (isinstance(item, tuple) and "" in item)), None)
         if empty is not None:
             raise InvalidRequestError(f"'input[{empty}]' must not be empty", param="input")
