@@ -27,6 +27,11 @@ class UnsupportedModelError(EmberError):
     """The model folder is readable but its architecture or format is not supported."""
 
 
+class CorruptModelError(UnsupportedModelError):
+    """A model file is damaged (truncated, not the format it claims) or does not match config.json;
+    the message names the file."""
+
+
 class OverloadedError(EmberError):
     """The engine's queue is full; retry later."""
 

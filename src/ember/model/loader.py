@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ember.errors import ModelNotFoundError, UnsupportedModelError
+from ember.errors import CorruptModelError, ModelNotFoundError
 from ember.model import gguf
 from ember.model.gguf import find_gguf
 from ember.model.registry import model_class, resolve_architecture
@@ -68,17 +68,35 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if files:
         weights: dict[str, torch.Tensor] = {}
         for file in files:
-            weights.update(load_file(str(file)))
+            try:
+                weights.update(load_file(str(file)))
+            except Exception as exc:  # safetensors raises its own SafetensorError (an Exception)
+                raise CorruptModelError(f"{file} is not a readable safetensors file (truncated or damaged?): "
+                                        f"{exc}") from exc
         return weights
     bins = sorted(path.glob("pytorch_model*.bin"))
     if bins:
         weights = {}
         for file in bins:
-            weights.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+            weights.update(_load_tensors_only(file))
         return weights
     raise ModelNotFoundError(
         f"{path} has no weights: expected model.safetensors (or pytorch_model.bin)"
     )
+
+
+def _load_tensors_only(file: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin through torch.load(weights_only=True): tensors only, so a pickle that
+    would run code is refused, never executed."""
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise CorruptModelError(f"{file} holds Python objects besides tensors; Ember loads only tensors and never "
+                                "runs code from a checkpoint: convert it to model.safetensors") from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CorruptModelError(f"{file} is not a readable PyTorch checkpoint (truncated or damaged?): {exc}") from exc
 
 
 def build_model(folder: ModelFolder, dtype: torch.dtype) -> nn.Module:
@@ -91,8 +109,12 @@ def build_model(folder: ModelFolder, dtype: torch.dtype) -> nn.Module:
     try:
         state = {k: v.to(dtype) for k, v in model.convert_checkpoint(weights).items()}
         model.load_state_dict(state, strict=True, assign=True)
-    except (RuntimeError, KeyError) as exc:
-        raise UnsupportedModelError(f"weights in {folder.path} do not fit {folder.architecture}: {exc}") from exc
+    except KeyError as exc:
+        raise CorruptModelError(f"the weights in {folder.path} have no tensor {exc} that {folder.path / 'config.json'} "
+                                f"implies ({folder.architecture}): the config and the weights disagree") from exc
+    except RuntimeError as exc:
+        raise CorruptModelError(f"the weights in {folder.path} do not fit the {folder.architecture} that "
+                                f"{folder.path / 'config.json'} describes: {exc}") from exc
     return model.eval().requires_grad_(False)
 
 

@@ -26,9 +26,11 @@ constants do not match the model's tensors in dtype or size (aoti_runner.py chec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -139,15 +141,31 @@ def load_or_compile(
         target = Path(scratch) / "encoder.pt2"
         build_s = _build_beside(lambda: _export_and_compile(source, layers, plan, target, pad_id),
                                 finish_model if pending else None)
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            final = cache_dir / f"encoder-{key}.pt2"
-            os.replace(target, final)  # atomic: a concurrent reader sees all or nothing
-            target = final
+        stored = cache_dir is not None and _store(target, cache_dir / f"encoder-{key}.pt2")
+        if stored:
+            target = cache_dir / f"encoder-{key}.pt2"
         load_start = time.perf_counter()
         run = _load(target, model, per_layer=layers is not None, constants=graph_constants)
-        return CompiledGraph(run, build_s, time.perf_counter() - load_start, False,
-                             target if cache_dir is not None else None)
+        return CompiledGraph(run, build_s, time.perf_counter() - load_start, False, target if stored else None)
+
+
+def _store(built: Path, final: Path) -> bool:
+    """Copy the package into the cache under a scratch name, then rename it (atomic: a concurrent
+    reader sees all or nothing; a copy, because the cache may be on another filesystem). A cache
+    that cannot be written (full disk, read-only, not a folder) costs the next start a compile,
+    nothing more: False, with a warning."""
+    scratch = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built, scratch)
+        os.replace(scratch, final)
+        return True
+    except OSError as exc:
+        logger.warning("could not store the compiled graph in %s (%s): serving without caching it; the next "
+                       "start compiles again", final.parent, exc)
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+        return False
 
 
 def _build_beside(build: Callable[[], None], meanwhile: Callable[[], None] | None) -> float:

@@ -125,8 +125,12 @@ def inductor_settings(cache_dir: str | None) -> Iterator[None]:
         patches.update(fx_graph_cache=False, autotune_local_cache=False)
     old_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if cache_dir:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        except OSError as exc:
+            logger.warning("compile cache %s cannot be written (%s): compiling without a disk cache", cache_dir, exc)
+            patches.update(fx_graph_cache=False, autotune_local_cache=False)
     try:
         with inductor_config.patch(patches):
             yield
