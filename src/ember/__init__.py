@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from ember.entrypoints.llm import LLM
     from ember.entrypoints.sentence_transformer import SentenceTransformer
     from ember.errors import (
+        BatchFailedError,
+        CorruptModelError,
         EmberError,
         EngineDeadError,
         InvalidRequestError,
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "EngineConfig": "ember.config", "LLM": "ember.entrypoints.llm",
     "SentenceTransformer": "ember.entrypoints.sentence_transformer", "CrossEncoder": "ember.entrypoints.cross_encoder",
-    **dict.fromkeys(("EmberError", "EngineDeadError", "InvalidRequestError", "ModelNotFoundError", "OverloadedError",
+    **dict.fromkeys(("BatchFailedError", "CorruptModelError", "EmberError", "EngineDeadError", "InvalidRequestError", "ModelNotFoundError", "OverloadedError",
                      "UnsupportedModelError"), "ember.errors"),
     **dict.fromkeys(("ClassificationOutput", "ClassificationRequestOutput", "CompilationTimes", "CompletionOutput",
                      "EmbeddingOutput", "EmbeddingRequestOutput", "RequestOutput", "RerankOutput", "ScoringOutput",
@@ -63,10 +65,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LLM",
+    "BatchFailedError",
     "ClassificationOutput",
     "ClassificationRequestOutput",
     "CompilationTimes",
     "CompletionOutput",
+    "CorruptModelError",
     "CrossEncoder",
     "EmbeddingOutput",
     "EmbeddingRequestOutput",

@@ -36,6 +36,10 @@ class OverloadedError(EmberError):
     """The engine's queue is full; retry later."""
 
 
+class BatchFailedError(EmberError, RuntimeError):
+    """The batch a request ran in raised; that batch's requests fail, the engine keeps serving."""
+
+
 class EngineDeadError(EmberError, RuntimeError):
     """The engine failed while running and cannot serve further requests."""
 

@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import numpy as np
 import openai
+import orjson
 import pytest
 
 from ember import LLM, PoolingParams
 from tests.conftest import check_close
-from tests.entrypoints.server_harness import RunningServer, check_error, make_texts
+from tests.entrypoints.server_harness import RunningServer, check_error, make_texts, wait_until
 
 TOL = 1e-4
 MAX_BODY = 256 * 1024
@@ -188,6 +189,36 @@ def test_bad_requests_do_not_disturb_good_ones(server: RunningServer, llm: LLM) 
                     name_ref="offline", tol=TOL, label=f"text {i}")
         check_error(too_long, 400, "input")
         check_error(bad_dims, 400, "dimensions")
+
+
+def test_clients_that_go_away_mid_batch_do_not_disturb_the_others(server: RunningServer, llm: LLM) -> None:
+    """Raw clients send large requests and hang up at once, while others wait for theirs: every
+    waiting client gets its own, correct vectors; the dropped work frees its queue slots."""
+    texts = make_texts(30, seed=5)
+    ref, _ = offline(llm, texts)
+    body = orjson.dumps({"input": make_texts(300, seed=6)})
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    async def hang_up() -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(head + body)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.close()
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            waiting = [http.post("/v1/embeddings", json={"input": [text]}) for text in texts]
+            results = await asyncio.gather(*waiting, *(hang_up() for _ in range(10)))
+            return list(results[: len(texts)])
+
+    for i, response in enumerate(asyncio.run(run())):
+        assert response.status_code == 200, response.text
+        check_close(ours=np.array(response.json()["data"][0]["embedding"]), ref=ref[i], name_ours="http",
+                    name_ref="offline", tol=TOL, label=f"text {i}")
+    wait_until(lambda: server.engine.num_pending == 0, "the dropped requests to free the queue")
+    assert httpx.get(f"{server.url}/health").status_code == 200
 
 
 def test_100_concurrent_mixed_requests(server: RunningServer, llm: LLM) -> None:

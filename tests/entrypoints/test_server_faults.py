@@ -47,7 +47,7 @@ def test_failing_batches_fail_only_with_errors(server: RunningServer) -> None:
             assert max(abs(a - b) for a, b in zip(got, reference)) < 1e-5
         else:
             error = check_error(response, 500, None)
-            assert error["type"] == "server_error" and error["code"] == "engine_dead"
+            assert error["type"] == "server_error" and error["code"] == "batch_failed"
     assert sum(r.status_code == 500 for r in responses) >= 20  # every bad one failed
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert httpx.post(f"{server.url}/v1/embeddings", json={"input": [GOOD]}).status_code == 200

@@ -19,7 +19,7 @@ from ember.engine.generation import GenerationEngine
 from ember.engine.processor import InputProcessor, normalize_prompts
 from ember.engine.request import PoolingRequest, Request
 from ember.engine.scheduler import Scheduler
-from ember.errors import EngineDeadError, InvalidRequestError
+from ember.errors import BatchFailedError, InvalidRequestError
 from ember.model.pooler import RowSpec
 from ember.params import PoolingParams, SamplingParams
 from ember.runner.batch import Batch
@@ -115,7 +115,7 @@ class Engine:
         try:
             outputs = self.runner.execute(batch, specs)
         except Exception as exc:
-            error = EngineDeadError(f"model execution failed on a batch of shape {shape}: {exc}")
+            error = BatchFailedError(f"model execution failed on a batch of shape {shape}: {exc}")
             error.__cause__ = exc
             for r in batch_requests:
                 r.finish(error=error)

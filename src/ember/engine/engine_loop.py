@@ -15,7 +15,7 @@ from typing import Any
 from ember.config import EngineConfig
 from ember.engine.engine import Engine
 from ember.engine.request import Request, RequestStatus
-from ember.errors import EmberError, EngineDeadError, OverloadedError
+from ember.errors import BatchFailedError, EmberError, EngineDeadError, OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ class EngineLoop:
             finished = engine.step()
         except Exception as exc:
             logger.exception("engine step failed; its batch's requests get an error")
-            error = exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"engine step failed: {exc}")
+            error = exc if isinstance(exc, (BatchFailedError, EngineDeadError)) else BatchFailedError(
+                f"the batch failed: {exc}")
             self._fail(error, running_only=True)
             return
         self._release(len(finished))

@@ -11,7 +11,7 @@ import torch
 from ember.config import EngineConfig
 from ember.engine.gen_scheduler import GenerationScheduler
 from ember.engine.sequence import Sequence
-from ember.errors import EngineDeadError, InvalidRequestError
+from ember.errors import BatchFailedError, InvalidRequestError
 from ember.outputs import CompletionOutput, RequestOutput
 from ember.params import SamplingParams
 from ember.runner.block_manager import BlockManager
@@ -64,7 +64,7 @@ class GenerationEngine:
         try:
             logits = self._execute(kind, seqs)
         except Exception as exc:
-            error = EngineDeadError(f"model execution failed in a {kind} step of {len(seqs)} sequences: {exc}")
+            error = BatchFailedError(f"model execution failed in a {kind} step of {len(seqs)} sequences: {exc}")
             for seq in seqs:
                 self.scheduler.finish(seq)
                 seq.finish(error=error)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from ember.engine.async_engine import ClientGoneError, NotReadyError
 from ember.entrypoints.server.protocol import JSONBody
 from ember.errors import (
+    BatchFailedError,
     EmberError,
     EngineDeadError,
     InvalidRequestError,
@@ -71,6 +72,7 @@ ERROR_TABLE: dict[type[BaseException], ErrorKind] = {
     UnsupportedModelError: ErrorKind(500, "server_error", "unsupported_model"),
     OutOfMemoryBudgetError: ErrorKind(500, "server_error", "out_of_memory"),
     EngineDeadError: ErrorKind(500, "server_error", "engine_dead"),
+    BatchFailedError: ErrorKind(500, "server_error", "batch_failed"),
     EmberError: ErrorKind(500, "server_error", "internal_error"),
     Exception: ErrorKind(500, "server_error", "internal_error"),
 }
