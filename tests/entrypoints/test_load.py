@@ -1,0 +1,28 @@
+"""The load test, short (the README's bench/load_test.py runs it for 5 minutes): `ember serve`
+with the default model and settings under twice the load it can serve, with a small concurrency limit so that
+refusals must happen. Every request gets exactly one response, its own; refusals are 503 with
+Retry-After; nothing is lost; RSS ends within 10% of RSS after warm-up; SIGTERM then exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from ember.bench.load import ServerProcess, TextPool, run_load
+
+
+def test_twice_the_capacity_for_20_seconds_loses_nothing(minilm_path: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with ServerProcess(str(minilm_path), ["--max-concurrent-requests", "16"], str(log)) as server:
+        report = asyncio.run(run_load(server.url, server.proc.pid, duration_s=20, capacity_s=5, warmup_s=5, concurrency=8,
+                                      pool=TextPool(n_short=60, n_passages=12)))
+        print(f"\n{report.table()}")
+        summary = report.summary()
+        assert summary["problems"] == [] and report.lost == 0 and report.wrong == 0, summary
+        assert report.served > 0 and report.refused > 0, summary
+        assert report.served + report.refused == len(report.outcomes)
+        assert summary["rss_growth"] < 0.10, summary
+        assert httpx.get(f"{server.url}/health").status_code == 200
+    assert server.returncode == 0, log.read_text()[-2000:]
