@@ -53,9 +53,10 @@ class ModelConfig:
     quantization_min_cosine: float = option(0.999, "lowest cosine vs float32 the int8 model must reach on the "
                                             "built-in probe set (embeddings, or scores for classifiers)")
     long_inputs: str = option(
-        "error", "an input over max_model_len, when its request does not say (truncate_prompt_tokens): error (a "
-        "400 that says how to truncate) or truncate (keep the first max_model_len tokens, as sentence-transformers "
-        "and TEI's --auto-truncate do)", choices=("error", "truncate"))
+        "error", "an input over max_model_len, when its request does not say (truncate_prompt_tokens, long_inputs): "
+        "error (a 400 that says how to truncate), truncate (keep the first max_model_len tokens, as "
+        "sentence-transformers and TEI's --auto-truncate do) or chunk (embed overlapping windows and return their "
+        "token-weighted mean; other tasks truncate)", choices=("error", "truncate", "chunk"))
     default_prompt_name: str | None = option(
         None, "the prompt put in front of every text when a request names none (one of the model's "
         "config_sentence_transformers.json prompts; default: the model's own default_prompt_name)")
@@ -174,8 +175,8 @@ class EngineConfig:
         if m.quantization not in (None, "int8", "auto"):
             raise InvalidRequestError(f"quantization must be 'auto', 'int8' or None, got {m.quantization!r}",
                                       param="quantization")
-        if m.long_inputs not in ("error", "truncate"):
-            raise InvalidRequestError(f"long_inputs must be 'error' or 'truncate', got {m.long_inputs!r}",
+        if m.long_inputs not in ("error", "truncate", "chunk"):
+            raise InvalidRequestError(f"long_inputs must be 'error', 'truncate' or 'chunk', got {m.long_inputs!r}",
                                       param="long_inputs")
         if m.int8_kernel not in ("auto", "int_mm", "onednn"):
             raise InvalidRequestError(f"int8_kernel must be 'auto', 'int_mm' or 'onednn', got {m.int8_kernel!r}",

@@ -24,18 +24,37 @@ class EmbeddingOutput:
 
 
 @dataclass(slots=True)
+class EmbeddingChunk:
+    """One chunk of a text embedded in chunks: the characters it covers, text[start:end], its
+    token count (special tokens included) and, with return_chunks, its own vector."""
+
+    start: int
+    end: int
+    num_tokens: int
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
 class EmbeddingRequestOutput:
-    """The result of one prompt, in the order the prompts were given."""
+    """The result of one prompt, in the order the prompts were given. A text embedded in chunks
+    (long_inputs="chunk") has `chunks` and no prompt_token_ids of its own."""
 
     request_id: str
     outputs: EmbeddingOutput
     prompt_token_ids: list[int]
     truncated: bool = False
     finished: bool = True
+    chunks: list[EmbeddingChunk] | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
+        if self.chunks is not None:
+            return sum(c.num_tokens for c in self.chunks)
         return len(self.prompt_token_ids)
+
+    @property
+    def is_chunked(self) -> bool:
+        return self.chunks is not None
 
 
 @dataclass(slots=True)

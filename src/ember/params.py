@@ -10,6 +10,8 @@ from ember.errors import InvalidRequestError
 
 PoolingTask = Literal["embed", "token_embed", "classify", "score"]
 POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score")
+LONG_INPUTS: tuple[str, ...] = ("error", "truncate", "chunk")
+"""What happens to an input over max_model_len (PoolingParams.long_inputs, --long-inputs)."""
 """embed: one vector per prompt; token_embed: one vector per token; classify: one probability (or
 logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1)."""
 
@@ -29,6 +31,12 @@ class PoolingParams:
         prompt_name: one of the model's prompts (config_sentence_transformers.json), put in front
             of every text, as sentence-transformers does. None: the default prompt, if any.
         prompt: a prefix given literally (instead of prompt_name).
+        long_inputs: what happens to a text over the model's length when truncate_prompt_tokens is
+            not given: "error", "truncate" (keep the first tokens) or "chunk" (embed: windows of
+            max_model_len tokens that overlap by chunk_overlap, embedded in the same batches; the
+            output is their token-weighted mean). None: the engine's default (--long-inputs).
+        chunk_overlap: tokens each chunk shares with the one before. None: an eighth of a chunk.
+        return_chunks: chunk mode: also return every chunk's vector and character span.
     """
 
     normalize: bool | None = None
@@ -38,6 +46,9 @@ class PoolingParams:
     use_activation: bool | None = None
     prompt_name: str | None = None
     prompt: str | None = None
+    long_inputs: Literal["error", "truncate", "chunk"] | None = None
+    chunk_overlap: int | None = None
+    return_chunks: bool = False
 
     def prefix(self, info: ModelInfo) -> str:
         """What goes in front of every text: `prompt`, else the named prompt, else the default's."""
@@ -73,6 +84,29 @@ class PoolingParams:
                                       f"{sorted(info.prompts) or 'none'}", param="prompt_name")
         self._verify_dimensions(task, info)
         self._verify_truncation(info)
+        self._verify_chunking(task, info)
+
+    def _verify_chunking(self, task: str, info: ModelInfo) -> None:
+        if self.long_inputs not in (None, *LONG_INPUTS):
+            raise InvalidRequestError(f"long_inputs must be one of {', '.join(LONG_INPUTS)}, got {self.long_inputs!r}",
+                                      param="long_inputs")
+        if self.long_inputs == "chunk" and task != "embed":
+            raise InvalidRequestError(f"long_inputs='chunk' applies to the embed task, not {task}", param="long_inputs")
+        if not isinstance(self.return_chunks, bool):
+            raise InvalidRequestError(f"return_chunks must be a boolean, got {self.return_chunks!r}",
+                                      param="return_chunks")
+        overlap = self.chunk_overlap
+        if overlap is not None:
+            if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 0:
+                raise InvalidRequestError(f"chunk_overlap must be a non-negative integer, got {overlap!r}",
+                                          param="chunk_overlap")
+            if overlap >= info.max_model_len // 2:
+                raise InvalidRequestError(f"chunk_overlap={overlap} must be below half of max_model_len "
+                                          f"({info.max_model_len})", param="chunk_overlap")
+
+    def overlap(self, info: ModelInfo) -> int:
+        """Tokens each chunk shares with the one before."""
+        return info.max_model_len // 8 if self.chunk_overlap is None else self.chunk_overlap
 
     def _verify_dimensions(self, task: str, info: ModelInfo) -> None:
         dims = self.dimensions

@@ -17,6 +17,16 @@ from ember.errors import ModelNotFoundError, UnsupportedModelError
 
 
 @dataclass(frozen=True, slots=True)
+class Chunk:
+    """One window of an over-long text: its token ids (special tokens included) and the span of
+    characters it covers, text[start:end]."""
+
+    token_ids: list[int]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tokenized:
     """One prompt's token ids (special tokens included) and whether they were cut."""
 
@@ -25,6 +35,8 @@ class Tokenized:
     num_original_tokens: int = 0
     token_type_ids: list[int] | None = None
     """A pair's segment ids (0 for the first text, 1 for the second); None for one text."""
+    chunks: list[Chunk] | None = None
+    """long_inputs="chunk": the windows an over-long text was split into (token_ids is then empty)."""
 
 
 class TextTokenizer:
@@ -109,6 +121,21 @@ class TextTokenizer:
         for text, enc in zip(texts, self._tok.encode_batch(texts, add_special_tokens=False)):
             out.append(text if len(enc.ids) <= max_tokens else text[: enc.offsets[max_tokens - 1][1]])
         return out
+
+    def chunk(self, text: str, limit: int, overlap: int) -> list[Chunk]:
+        """`text` in windows of at most `limit` tokens (special tokens included), each sharing
+        `overlap` tokens with the one before, with the character span each covers."""
+        if self.do_lower_case:
+            text = text.lower()  # spans then index the lowered text: the same length but for a few characters (İ)
+        window = limit - self.num_special_tokens
+        if window <= overlap:
+            raise ValueError(f"a chunk of {limit} tokens leaves no room past an overlap of {overlap}")
+        enc = self._tok.encode(text, add_special_tokens=False)
+        if not enc.ids:
+            return [Chunk(self._tok.post_process(enc, add_special_tokens=True).ids, 0, len(text))]
+        enc.truncate(window, stride=overlap)
+        return [Chunk(self._tok.post_process(piece, add_special_tokens=True).ids, piece.offsets[0][0],
+                      piece.offsets[-1][1]) for piece in (enc, *enc.overflowing)]
 
     def _pair_tokenizer(self, limit: int) -> Tokenizer:
         """A copy of the tokenizer that truncates pairs to `limit` (one per limit, made once)."""

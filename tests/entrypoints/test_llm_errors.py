@@ -137,5 +137,5 @@ def test_long_inputs_default_per_engine(tiny_bert):
     np.testing.assert_allclose(out.outputs.data, strict.embed(long_text, truncate_prompt_tokens=-1)[0].outputs.data,
                                atol=1e-6)
     with pytest.raises(InvalidRequestError) as err:
-        LLM(str(tiny_bert), enforce_eager=True, long_inputs="chunk")
+        LLM(str(tiny_bert), enforce_eager=True, long_inputs="split")
     assert err.value.param == "long_inputs"

@@ -17,10 +17,10 @@ from typing import Any
 from ember.config import EngineConfig
 from ember.engine.generation import GenerationEngine
 from ember.engine.processor import InputProcessor, normalize_prompts
-from ember.engine.request import PoolingRequest, Request
+from ember.engine.request import ChunkedRequest, PoolingRequest, Request
 from ember.engine.scheduler import Scheduler
 from ember.errors import BatchFailedError, InvalidRequestError
-from ember.model.pooler import RowSpec
+from ember.model.pooler import RowSpec, mean_of_chunks
 from ember.params import PoolingParams, SamplingParams
 from ember.runner.batch import Batch
 from ember.runner.worker import Worker
@@ -37,8 +37,7 @@ class Engine:
         self.worker = Worker(config)
         self.runner = self.worker.start()
         self.info = self.runner.info
-        self.processor = InputProcessor(self.runner.tokenizer, self.info,
-                                        truncate_by_default=config.model_config.long_inputs == "truncate")
+        self.processor = InputProcessor(self.runner.tokenizer, self.info, long_inputs=config.model_config.long_inputs)
         self.scheduler = Scheduler(config.scheduler_config, self.runner.plan.max_tokens)
         self.generation = GenerationEngine(self.runner, config) if self.info.has_kv_cache else None  # type: ignore[arg-type]
         self._ids = itertools.count()
@@ -61,14 +60,19 @@ class Engine:
                                       "embeddings: use LLM.score / POST /score (the score task runs a "
                                       "cross-encoder's head)", param="task")
         tokenized = self.processor.process(task, normalize_prompts(prompts), params)
-        normalize = self.info.normalize if params.normalize is None else params.normalize
-        use_activation = True if params.use_activation is None else params.use_activation
-        return [
-            PoolingRequest(str(next(self._ids)), tok.token_ids, task, token_type_ids=tok.token_type_ids,
-                           dimensions=params.dimensions, normalize=normalize, use_activation=use_activation,
-                           truncated=tok.truncated)
-            for tok in tokenized
-        ]
+        shaping = {"dimensions": params.dimensions, "use_activation": params.use_activation is not False,
+                   "normalize": self.info.normalize if params.normalize is None else params.normalize}
+        requests: list[Request] = []
+        for tok in tokenized:
+            if tok.chunks is None:
+                requests.append(PoolingRequest(str(next(self._ids)), tok.token_ids, task, token_type_ids=tok.token_type_ids,
+                                               truncated=tok.truncated, **shaping))
+                continue
+            chunks = [PoolingRequest(str(next(self._ids)), c.token_ids, task, **shaping) for c in tok.chunks]
+            requests.append(ChunkedRequest(str(next(self._ids)), [], task, chunks=chunks,
+                                           spans=[(c.start, c.end) for c in tok.chunks], combine=mean_of_chunks,
+                                           return_chunks=params.return_chunks, **shaping))
+        return requests
 
     def _sequences(self, prompts: list[Any], params: Any) -> list[Request]:
         assert self.generation is not None  # check_task("generate") passed
@@ -83,6 +87,9 @@ class Engine:
         if request.task == "generate":
             assert self.generation is not None
             self.generation.add(request)  # type: ignore[arg-type]
+        elif isinstance(request, ChunkedRequest):
+            for chunk in request.prepare():
+                self.scheduler.add(chunk)
         else:
             self.scheduler.add(request)  # type: ignore[arg-type]
 
@@ -124,7 +131,9 @@ class Engine:
             r.finish(out)
         self.num_batches += 1
         self.num_requests += len(batch_requests)
-        return batch_requests  # type: ignore[return-value]
+        # A chunk is not a request of its own: its text's request is finished once its last chunk is.
+        return list(dict.fromkeys(r if r.parent is None else r.parent for r in batch_requests
+                                  if r.parent is None or r.parent.all_chunks_done))  # type: ignore[misc]
 
     def stats(self) -> dict[str, Any]:
         report = self.worker.report

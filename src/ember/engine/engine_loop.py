@@ -191,8 +191,9 @@ class EngineLoop:
                 f"the batch failed: {exc}")
             self._fail(error, running_only=True)
             return
-        self._release(len(finished))
-        groups = [self._in_flight.pop(r.request_id) for r in finished]
+        # A request taken out of flight already (its batch, or a chunk's, failed) is not counted again.
+        groups = [g for g in (self._in_flight.pop(r.request_id, None) for r in finished) if g is not None]
+        self._release(len(groups))
         if self.on_step is not None and finished:
             self.on_step(StepStats(len(finished), sum(r.num_tokens for r in finished),
                                    [start - g.submitted_at for g in groups], time.perf_counter() - start))

@@ -8,7 +8,7 @@ from typing import Any, Union
 from ember.config import ModelInfo
 from ember.errors import InvalidRequestError
 from ember.params import PoolingParams
-from ember.tokenizer import TextTokenizer, Tokenized
+from ember.tokenizer import Chunk, TextTokenizer, Tokenized
 
 TextPair = tuple[str, str]
 """Two texts scored together by a cross-encoder (query, document)."""
@@ -78,24 +78,29 @@ class InputProcessor:
     """Turns prompts into checked token ids for one model: every task's tokenization and
     validation happens here, before anything is queued. Thread-safe."""
 
-    def __init__(self, tokenizer: TextTokenizer, info: ModelInfo, *, truncate_by_default: bool = False) -> None:
+    def __init__(self, tokenizer: TextTokenizer, info: ModelInfo, *, long_inputs: str = "error") -> None:
         self.tokenizer = tokenizer
         self.info = info
-        self.truncate_by_default = truncate_by_default
-        """long_inputs="truncate": a request that does not say truncates at max_model_len."""
+        self.long_inputs = long_inputs
+        """What happens to an over-long input whose request does not say (params.LONG_INPUTS)."""
 
     def process(self, task: str, prompts: list[Prompt], params: PoolingParams) -> list[Tokenized]:
         """Token ids of pooling prompts: texts, token-id lists and (cross-encoders) text pairs."""
         limit = params.token_limit(self.info)
-        if limit is None and self.truncate_by_default:
+        mode = params.long_inputs or self.long_inputs
+        if mode == "chunk" and task != "embed":
+            mode = "truncate"  # the server's default: chunking is for vectors; scores and classes truncate
+        if limit is None and mode == "truncate":
             limit = self.info.max_model_len
+        chunking = limit is None and mode == "chunk"
         out: list[Tokenized | None] = [None] * len(prompts)
         prefix = params.prefix(self.info)
         texts = [(i, prefix + p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if texts:
             encoded = self.tokenizer.encode_batch([p for _, p in texts], [limit] * len(texts), params.truncation_side)
             for (i, _), tok in zip(texts, encoded):
-                out[i] = tok
+                too_long = len(tok.token_ids) > self.info.max_model_len
+                out[i] = self._chunked(prompts[i], prefix, params, tok) if chunking and too_long else tok
         pairs = [(i, p) for i, p in enumerate(prompts) if isinstance(p, tuple)]
         if pairs:
             if not self.info.num_labels:
@@ -112,11 +117,28 @@ class InputProcessor:
             if len(tok.token_ids) > self.info.max_model_len:
                 raise InvalidRequestError(
                     f"prompt {i} has {len(tok.token_ids)} tokens, more than max_model_len={self.info.max_model_len}; "
-                    "pass truncate_prompt_tokens=-1 (or a smaller limit) to truncate it, or start the engine with "
-                    "long_inputs='truncate' (ember serve --long-inputs truncate) to truncate by default",
+                    "pass truncate_prompt_tokens=-1 (or a smaller limit) to truncate it, long_inputs='chunk' to embed "
+                    "it in overlapping chunks (texts), or start the engine with long_inputs='truncate' or 'chunk' "
+                    "(ember serve --long-inputs truncate|chunk) to do so by default",
                     param="input",
                 )
         return out  # type: ignore[return-value]
+
+    def _chunked(self, text: str, prefix: str, params: PoolingParams, whole: Tokenized) -> Tokenized:
+        """An over-long text as overlapping windows of max_model_len tokens; spans index `text`.
+        A prompt prefix goes in front of every window (each is embedded as a document of its own)."""
+        limit = self.info.max_model_len
+        room = limit - (len(self.tokenizer.encode_batch([prefix], [None])[0].token_ids) - self.tokenizer.num_special_tokens
+                        if prefix else 0)
+        overlap = params.overlap(self.info)
+        if room - self.tokenizer.num_special_tokens <= overlap:
+            raise InvalidRequestError(f"the prompt prefix leaves {room} tokens per chunk, too few for an overlap of "
+                                      f"{overlap}", param="chunk_overlap")
+        chunks = self.tokenizer.chunk(text, room, overlap)
+        if prefix:
+            encoded = self.tokenizer.encode_batch([prefix + text[c.start:c.end] for c in chunks], [limit] * len(chunks))
+            chunks = [Chunk(tok.token_ids, c.start, c.end) for c, tok in zip(chunks, encoded)]
+        return Tokenized([], False, whole.num_original_tokens, chunks=chunks)
 
     def generation_prompts(self, prompts: list[Prompt]) -> list[list[int]]:
         """Token ids of prompts to continue (no truncation: the context check needs max_tokens)."""

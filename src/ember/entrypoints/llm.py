@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ember.config import EngineConfig, ModelInfo
 from ember.engine.engine import Engine
 from ember.engine.processor import PromptsType
-from ember.engine.request import Request
+from ember.engine.request import Request, chunks_of
 from ember.engine.scoring import check_top_n, pair_up, plan_scores, rank
 from ember.errors import InvalidRequestError
 from ember.outputs import (
@@ -87,7 +87,7 @@ class LLM:
             return [ScoringRequestOutput(r.request_id, ScoringOutput(float(r.output)), r.prompt_token_ids)
                     for r in requests]
         return [EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids,
-                                       r.truncated) for r in requests]
+                                       r.truncated, chunks=chunks_of(r)) for r in requests]
 
     def classify(self, prompts: PromptsType, *, use_activation: bool | None = None,
                  truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[ClassificationRequestOutput]:

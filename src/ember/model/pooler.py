@@ -116,3 +116,12 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequen
             vecs = hidden[i, : int(attention_mask[i].sum())].float()
             out[i] = F.normalize(vecs, dim=-1) if rows[i].normalize else vecs
     return out
+
+
+def mean_of_chunks(vectors: list[torch.Tensor], num_tokens: list[int], normalize: bool) -> torch.Tensor:
+    """The vector of a text embedded in chunks: the chunks' vectors averaged with their token
+    counts as weights, L2-normalized again when the model normalizes."""
+    stacked = torch.stack(vectors).float()
+    weights = torch.tensor(num_tokens, dtype=torch.float32)
+    mean = (stacked * weights[:, None]).sum(0) / weights.sum()
+    return torch.nn.functional.normalize(mean, dim=0) if normalize else mean

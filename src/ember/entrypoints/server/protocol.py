@@ -46,6 +46,13 @@ class EmbeddingRequest(_Request):
     input_type: str | None = None
     """Cohere's and Voyage's name for it: query / search_query, document / search_document /
     passage; the model's prompt of that kind, or nothing when the model has none."""
+    long_inputs: Literal["error", "truncate", "chunk"] | None = None
+    """An input over the model's length: refused, truncated, or embedded in overlapping chunks
+    (their token-weighted mean). Default: the server's --long-inputs."""
+    chunk_overlap: StrictInt | None = None
+    """Tokens each chunk shares with the one before (default: an eighth of max_model_len)."""
+    return_chunks: bool = False
+    """With chunking: also return each chunk's vector and character span (data[i].chunks)."""
     user: str | None = None
 
 
@@ -120,10 +127,23 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class EmbeddingChunkData(BaseModel):
+    start: int
+    """input[index][start:end] is the text of the chunk."""
+    end: int
+    tokens: int
+    embedding: list[float] | str | None = None
+    """With return_chunks."""
+
+
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
+    truncated: bool = False
+    """The input was cut to the model's length."""
+    chunks: list[EmbeddingChunkData] | None = None
+    """The input was embedded in chunks (long_inputs="chunk"): their spans, and vectors with return_chunks."""
 
 
 class EmbeddingResponse(BaseModel):

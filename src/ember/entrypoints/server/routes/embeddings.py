@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ember.engine.request import Request as EngineRequest
+from ember.engine.request import chunks_of
 from ember.entrypoints.server.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -26,10 +27,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     """One vector per input, in input order; `usage.prompt_tokens` counts the tokens embedded."""
     model, results = await run_pooling(body, request, task="embed")
-    data = [
-        {"object": "embedding", "index": i, "embedding": encode_vector(r.output.numpy(), body.encoding_format)}
-        for i, r in enumerate(results)
-    ]
+    data = [embedding_item(i, r, body.encoding_format) for i, r in enumerate(results)]
     return JSONBody({"object": "list", "data": data, "model": model, "usage": usage(results)})
 
 
@@ -42,9 +40,23 @@ async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request,
     params = PoolingParams(normalize=body.normalize, dimensions=body.dimensions,
                            truncate_prompt_tokens=body.truncate_prompt_tokens,
                            use_activation=getattr(body, "use_activation", None),
-                           prompt_name=prompt_name(state.engine.info.prompts, body.prompt_name, body.input_type))
+                           prompt_name=prompt_name(state.engine.info.prompts, body.prompt_name, body.input_type),
+                           long_inputs=body.long_inputs, chunk_overlap=body.chunk_overlap,
+                           return_chunks=body.return_chunks)
     results = await state.engine.submit(task, body.input, params, is_disconnected=disconnect_waiter(request))
     return model, results
+
+
+def embedding_item(index: int, request: EngineRequest, encoding_format: str) -> dict[str, Any]:
+    """One data item: the vector, whether the input was truncated, and its chunks if it was chunked."""
+    item = {"object": "embedding", "index": index, "embedding": encode_vector(request.output.numpy(), encoding_format),
+            "truncated": bool(getattr(request, "truncated", False))}
+    chunks = chunks_of(request)
+    if chunks is not None:
+        item["chunks"] = [{"start": c.start, "end": c.end, "tokens": c.num_tokens,
+                           **({} if c.embedding is None else {"embedding": encode_vector(c.embedding, encoding_format)})}
+                          for c in chunks]
+    return item
 
 
 def check_input(value: Any) -> None:
