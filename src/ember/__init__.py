@@ -33,6 +33,8 @@ if TYPE_CHECKING:
         RerankOutput,
         ScoringOutput,
         ScoringRequestOutput,
+        SparseEmbedding,
+        SparseRequestOutput,
     )
     from ember.params import PoolingParams, SamplingParams
 
@@ -43,7 +45,7 @@ _EXPORTS = {
                      "UnsupportedModelError"), "ember.errors"),
     **dict.fromkeys(("ClassificationOutput", "ClassificationRequestOutput", "CompilationTimes", "CompletionOutput",
                      "EmbeddingChunk", "EmbeddingOutput", "EmbeddingRequestOutput", "RequestOutput", "RerankOutput", "ScoringOutput",
-                     "ScoringRequestOutput"), "ember.outputs"),
+                     "ScoringRequestOutput", "SparseEmbedding", "SparseRequestOutput"), "ember.outputs"),
     **dict.fromkeys(("PoolingParams", "SamplingParams"), "ember.params"),
 }
 
@@ -89,5 +91,7 @@ __all__ = [
     "ScoringOutput",
     "ScoringRequestOutput",
     "SentenceTransformer",
+    "SparseEmbedding",
+    "SparseRequestOutput",
     "UnsupportedModelError",
 ]

@@ -58,6 +58,34 @@ class EmbeddingRequestOutput:
 
 
 @dataclass(slots=True)
+class SparseEmbedding:
+    """Lexical weights of one text (SPLADE): vocabulary token ids and their weights, highest first;
+    every other token weighs 0."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_weights(cls, weights: np.ndarray, top_k: int | None = None, threshold: float = 0.0) -> SparseEmbedding:
+        """The entries of a [vocab] weight vector above `threshold`, the `top_k` largest (None: all)."""
+        kept = np.flatnonzero(weights > threshold)
+        order = kept[np.argsort(-weights[kept], kind="stable")][:top_k]
+        return cls(order.astype(np.int64), weights[order].astype(np.float32))
+
+    def to_dict(self) -> dict[int, float]:
+        return dict(zip(self.indices.tolist(), self.values.tolist()))
+
+
+@dataclass(slots=True)
+class SparseRequestOutput:
+    request_id: str
+    outputs: SparseEmbedding
+    prompt_token_ids: list[int]
+    truncated: bool = False
+    finished: bool = True
+
+
+@dataclass(slots=True)
 class ClassificationOutput:
     """One prompt's class scores: probabilities (or logits, with use_activation=False), label order."""
 

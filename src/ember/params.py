@@ -8,12 +8,13 @@ from typing import Literal
 from ember.config import ModelInfo
 from ember.errors import InvalidRequestError
 
-PoolingTask = Literal["embed", "token_embed", "classify", "score"]
-POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score")
+PoolingTask = Literal["embed", "token_embed", "classify", "score", "sparse"]
+POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score", "sparse")
 LONG_INPUTS: tuple[str, ...] = ("error", "truncate", "chunk")
 """What happens to an input over max_model_len (PoolingParams.long_inputs, --long-inputs)."""
 """embed: one vector per prompt; token_embed: one vector per token; classify: one probability (or
-logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1)."""
+logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1);
+sparse: lexical weights per vocabulary token (SPLADE, from a masked-LM head)."""
 
 
 @dataclass(slots=True)
@@ -37,6 +38,9 @@ class PoolingParams:
             output is their token-weighted mean). None: the engine's default (--long-inputs).
         chunk_overlap: tokens each chunk shares with the one before. None: an eighth of a chunk.
         return_chunks: chunk mode: also return every chunk's vector and character span.
+        sparse_top_k: the sparse task: keep the k largest weights (None: every weight above the
+            threshold).
+        sparse_threshold: the sparse task: keep weights above this.
     """
 
     normalize: bool | None = None
@@ -49,6 +53,8 @@ class PoolingParams:
     long_inputs: Literal["error", "truncate", "chunk"] | None = None
     chunk_overlap: int | None = None
     return_chunks: bool = False
+    sparse_top_k: int | None = None
+    sparse_threshold: float = 0.0
 
     def prefix(self, info: ModelInfo) -> str:
         """What goes in front of every text: `prompt`, else the named prompt, else the default's."""
@@ -85,6 +91,18 @@ class PoolingParams:
         self._verify_dimensions(task, info)
         self._verify_truncation(info)
         self._verify_chunking(task, info)
+        self._verify_sparse(task)
+
+    def _verify_sparse(self, task: str) -> None:
+        k, threshold = self.sparse_top_k, self.sparse_threshold
+        if (k is not None or threshold != 0.0) and task != "sparse":
+            raise InvalidRequestError(f"sparse_top_k and sparse_threshold apply to the sparse task, not {task}",
+                                      param="sparse_top_k" if k is not None else "sparse_threshold")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise InvalidRequestError(f"sparse_top_k must be a positive integer, got {k!r}", param="sparse_top_k")
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0:
+            raise InvalidRequestError(f"sparse_threshold must be a number >= 0, got {threshold!r}",
+                                      param="sparse_threshold")
 
     def _verify_chunking(self, task: str, info: ModelInfo) -> None:
         if self.long_inputs not in (None, *LONG_INPUTS):

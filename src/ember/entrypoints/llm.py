@@ -25,6 +25,8 @@ from ember.outputs import (
     RerankOutput,
     ScoringOutput,
     ScoringRequestOutput,
+    SparseEmbedding,
+    SparseRequestOutput,
 )
 from ember.params import PoolingParams, SamplingParams
 
@@ -78,7 +80,8 @@ class LLM:
     def encode(self, prompts: PromptsType, *, pooling_task: str = "embed", pooling_params: PoolingParams | None = None,
                truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[Any]:
         """Pooled outputs for any pooling task: "embed" (one vector), "token_embed" (one per
-        token), "classify" (class scores) or "score" (a cross-encoder's score of each text pair)."""
+        token), "classify" (class scores), "score" (a cross-encoder's score of each text pair) or
+        "sparse" (lexical weights, SPLADE: pooling_params' sparse_top_k / sparse_threshold)."""
         params = _merge_params(pooling_params, truncate_prompt_tokens)
         requests = self._run(pooling_task, prompts, params, use_tqdm)
         if pooling_task == "classify":
@@ -86,6 +89,10 @@ class LLM:
         if pooling_task == "score":
             return [ScoringRequestOutput(r.request_id, ScoringOutput(float(r.output)), r.prompt_token_ids)
                     for r in requests]
+        if pooling_task == "sparse":
+            return [SparseRequestOutput(r.request_id, SparseEmbedding.from_weights(
+                r.output.numpy(), params.sparse_top_k, params.sparse_threshold), r.prompt_token_ids, r.truncated)
+                for r in requests]
         return [EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids,
                                        r.truncated, chunks=chunks_of(r)) for r in requests]
 

@@ -176,6 +176,49 @@ class RobertaModel(BertModel):
     checkpoint_prefixes = ("roberta.", "model.")
 
 
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head: dense -> activation -> LayerNorm -> a logit per vocabulary token (the
+    decoder is tied to the word embeddings unless the checkpoint has its own). SPLADE's sparse
+    vectors are read from it (model/pooler.py: sparse_weights). Runs after the compiled encoder,
+    unquantized (float32 under int8), on the real tokens of a row only."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.activation = _ACTIVATIONS[cfg.hidden_act]()
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[tokens, hidden] -> [tokens, vocab] logits."""
+        return self.decoder(self.norm(self.activation(self.dense(hidden))))
+
+
+class BertForMaskedLM(BertModel):
+    """BERT with its masked-LM head (SPLADE checkpoints, and masked-LM BERTs used as embedders):
+    forward() stays the hidden states; `sparse_head` serves the sparse task."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.sparse_head = MaskedLMHead(cfg)
+
+    def convert_checkpoint(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = super().convert_checkpoint(weights)
+        names = {"transform.dense": "dense", "transform.LayerNorm": "norm"}
+        try:
+            for theirs, ours in names.items():
+                for kind in ("weight", "bias"):
+                    out[f"sparse_head.{ours}.{kind}"] = weights[f"cls.predictions.{theirs}.{kind}"]
+        except KeyError as exc:
+            raise UnsupportedModelError(f"the checkpoint has no masked-LM head tensor {exc}: architectures "
+                                        "BertForMaskedLM needs it (name the folder's architecture BertModel to "
+                                        "serve the encoder alone)") from exc
+        out["sparse_head.decoder.weight"] = weights.get("cls.predictions.decoder.weight",
+                                                        out["embeddings.word_embeddings.weight"])  # tied
+        out["sparse_head.decoder.bias"] = weights.get("cls.predictions.decoder.bias", weights["cls.predictions.bias"])
+        return out
+
+
 class ClassificationHead(nn.Module):
     """dense -> tanh -> out on the first token: BERT's pooler + classifier, RoBERTa's classification
     head (dropout is the identity at inference). Runs after the compiled encoder, in float32."""

@@ -77,9 +77,16 @@ def activate(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
+def sparse_weights(logits: torch.Tensor) -> torch.Tensor:
+    """SPLADE's lexical weights from masked-LM logits of one row's tokens: max over the tokens of
+    log(1 + relu(logit)), [tokens, vocab] -> [vocab] (zero for most of the vocabulary)."""
+    return torch.log1p(torch.relu(logits.float())).amax(dim=0)
+
+
 def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[RowSpec], pooler: Pooler,
                 head: torch.nn.Module | None = None, multi_label: bool = False,
-                dense: torch.nn.Module | None = None) -> list[torch.Tensor]:
+                dense: torch.nn.Module | None = None, sparse_head: torch.nn.Module | None = None
+                ) -> list[torch.Tensor]:
     """The output of every real row of a batch, in float32, whatever its task.
 
     Args:
@@ -91,6 +98,7 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequen
         multi_label: the head's labels are independent (sigmoid per label).
         dense: sentence-transformers Dense modules, run on pooled vectors before the cut and
             normalization (model/dense.py).
+        sparse_head: the masked-LM head, for "sparse" rows ([vocab] lexical weights, SPLADE).
     """
     n = len(rows)
     out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
@@ -112,6 +120,10 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequen
             value = scores[j] if rows[i].use_activation else logits[j]
             out[i] = value[0] if rows[i].task == "score" else value
     for i in range(n):
+        if rows[i].task == "sparse":
+            assert sparse_head is not None, "sparse rows need a model with a masked-LM head"
+            tokens = hidden[i, : int(attention_mask[i].sum())]
+            out[i] = sparse_weights(sparse_head(tokens.to(sparse_head.decoder.weight.dtype)))
         if rows[i].task == "token_embed":
             vecs = hidden[i, : int(attention_mask[i].sum())].float()
             out[i] = F.normalize(vecs, dim=-1) if rows[i].normalize else vecs

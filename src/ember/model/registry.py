@@ -10,7 +10,7 @@ from ember.errors import UnsupportedModelError
 # architectures[0] (or model_type) -> (module, class)
 _ENCODERS: dict[str, tuple[str, str]] = {
     "BertModel": ("ember.model.bert", "BertModel"),
-    "BertForMaskedLM": ("ember.model.bert", "BertModel"),
+    "BertForMaskedLM": ("ember.model.bert", "BertForMaskedLM"),
     "BertForPreTraining": ("ember.model.bert", "BertModel"),
     "RobertaModel": ("ember.model.bert", "RobertaModel"),
     "RobertaForMaskedLM": ("ember.model.bert", "RobertaModel"),

@@ -50,7 +50,8 @@ class ModelRunner:
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
-        self.info = describe_model(self.folder, self.model.config, mc, self.tokenizer.vocab_size, generative=False)
+        self.info = describe_model(self.folder, self.model.config, mc, self.tokenizer.vocab_size, generative=False,
+                                   sparse=hasattr(self.model, "sparse_head"))
         self.pooler = Pooler(self.info.pooling_type)
         self.dense = load_dense(self.folder.st.dense)
         """sentence-transformers Dense modules after pooling (float32, eager), or None."""
@@ -236,7 +237,7 @@ class ModelRunner:
         hidden = self._forward(batch)  # [batch, seq, hidden]
         n = batch.num_seqs
         return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler, self._head, self.info.multi_label,
-                           self.dense)
+                           self.dense, getattr(self.model, "sparse_head", None))
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         inputs = (batch.input_ids, batch.attention_mask)

@@ -59,10 +59,15 @@ class EmbeddingRequest(_Request):
 class PoolingRequest(EmbeddingRequest):
     input: Union[EmbeddingInput, list[tuple[StrictStr, StrictStr]]] = Field(  # type: ignore[assignment]
         description="as /v1/embeddings, or [text, text] pairs for a cross-encoder's classify and score tasks")
-    task: Literal["embed", "token_embed", "classify", "score"] = "embed"
+    task: Literal["embed", "token_embed", "classify", "score", "sparse"] = "embed"
     """embed: one vector per input; token_embed: one vector per token; classify: class scores;
-    score: a cross-encoder's score of each pair. /v1/models lists the tasks of the model."""
+    score: a cross-encoder's score of each pair; sparse: lexical weights (SPLADE). /v1/models lists
+    the tasks of the model."""
     use_activation: bool | None = None
+    sparse_top_k: StrictInt | None = None
+    """sparse: keep the k largest weights."""
+    sparse_threshold: float = 0.0
+    """sparse: keep weights above this."""
 
 
 class ClassifyRequest(_Request):
@@ -153,10 +158,18 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class SparseData(BaseModel):
+    indices: list[int]
+    """Vocabulary token ids, highest weight first."""
+    values: list[float]
+    tokens: list[str]
+    """The token of each id (the tokenizer's vocabulary)."""
+
+
 class PoolingData(BaseModel):
     object: Literal["pooling"] = "pooling"
     index: int
-    data: list[float] | list[list[float]] | str | float
+    data: list[float] | list[list[float]] | str | float | SparseData
 
 
 class PoolingResponse(BaseModel):

@@ -40,9 +40,9 @@ class Int8Kernel:
     """Linears (by attribute name) that stay in float32 with this kernel."""
 
     def quantizes(self, name: str) -> bool:
-        """Whether the linear at module path `name` runs in int8 with this kernel. Classification
-        heads (`head.`) stay float32: they run once per row, after the compiled layers."""
-        return not name.startswith("head.") and name.rsplit(".", 1)[-1] not in self.float_linears
+        """Whether the linear at module path `name` runs in int8 with this kernel. Heads
+        (`head.`, `sparse_head.`) stay float32: they run once per row, after the compiled layers."""
+        return not name.startswith(("head.", "sparse_head.")) and name.rsplit(".", 1)[-1] not in self.float_linears
 
     def pack(self, weight_int8: torch.Tensor) -> torch.Tensor:
         """What the graph multiplies by, from the [in, out] int8 weight: the weight itself for

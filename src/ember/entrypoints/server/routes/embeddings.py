@@ -42,7 +42,8 @@ async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request,
                            use_activation=getattr(body, "use_activation", None),
                            prompt_name=prompt_name(state.engine.info.prompts, body.prompt_name, body.input_type),
                            long_inputs=body.long_inputs, chunk_overlap=body.chunk_overlap,
-                           return_chunks=body.return_chunks)
+                           return_chunks=body.return_chunks, sparse_top_k=getattr(body, "sparse_top_k", None),
+                           sparse_threshold=getattr(body, "sparse_threshold", 0.0))
     results = await state.engine.submit(task, body.input, params, is_disconnected=disconnect_waiter(request))
     return model, results
 
