@@ -11,6 +11,9 @@ from ember.errors import InvalidRequestError
 PoolingTask = Literal["embed", "token_embed", "classify", "score", "sparse"]
 POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score", "sparse")
 LONG_INPUTS: tuple[str, ...] = ("error", "truncate", "chunk")
+GREEDY_BELOW = 1e-5
+"""A temperature below this samples greedily (as vLLM does): logits divided by a subnormal one
+(1.4e-45 is valid JSON and a valid float32) overflow to inf and the probabilities to nan."""
 """What happens to an input over max_model_len (PoolingParams.long_inputs, --long-inputs)."""
 """embed: one vector per prompt; token_embed: one vector per token; classify: one probability (or
 logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1);
@@ -177,7 +180,7 @@ class SamplingParams:
 
     Attributes:
         max_tokens: most tokens to generate. None: up to max_model_len.
-        temperature: 0 is greedy; higher flattens the distribution.
+        temperature: 0 (or below GREEDY_BELOW) is greedy; higher flattens the distribution.
         top_p: nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
         top_k: keep the k most likely tokens; 0 or -1 keeps all.
         min_tokens: tokens to generate before EOS or stop ids may end the sequence.
@@ -206,7 +209,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def verify(self, info: ModelInfo) -> None:
         """Raise InvalidRequestError naming the field when this request cannot run on `info`."""

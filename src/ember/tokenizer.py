@@ -56,6 +56,7 @@ class TextTokenizer:
         self._pair_lock = threading.Lock()
         self.do_lower_case = do_lower_case
         self.num_special_tokens = self._tok.num_special_tokens_to_add(is_pair=False)
+        self.num_pair_special_tokens = self._tok.num_special_tokens_to_add(is_pair=True)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self._affixes = self._special_affixes()
 
@@ -144,8 +145,7 @@ class TextTokenizer:
             if tok is None:
                 tok = Tokenizer.from_str(self._tok.to_str())
                 tok.no_padding()
-                tok.enable_truncation(max(limit, self._tok.num_special_tokens_to_add(is_pair=True)),
-                                      strategy="longest_first")
+                tok.enable_truncation(max(limit, self.num_pair_special_tokens), strategy="longest_first")
                 self._pair_tokenizers[limit] = tok
             return tok
 

@@ -75,10 +75,12 @@ def test_per_request_seed_does_not_depend_on_the_batch(llama: LLM) -> None:
     assert llama.generate([PROMPTS[0]], seeded)[0].outputs[0].token_ids == alone
 
 
-def test_top_k_1_and_tiny_top_p_are_greedy(llama: LLM) -> None:
+def test_top_k_1_and_tiny_top_p_and_temperature_are_greedy(llama: LLM) -> None:
     greedy = [o.outputs[0].token_ids for o in llama.generate(PROMPTS, GREEDY)]
     for params in (SamplingParams(temperature=0.8, top_k=1, max_tokens=32, ignore_eos=True),
-                   SamplingParams(temperature=0.8, top_p=1e-6, max_tokens=32, ignore_eos=True)):
+                   SamplingParams(temperature=0.8, top_p=1e-6, max_tokens=32, ignore_eos=True),
+                   # found by schemathesis: a subnormal temperature made the probabilities nan (a 500)
+                   SamplingParams(temperature=1.401298464324817e-45, max_tokens=32, ignore_eos=True)):
         assert [o.outputs[0].token_ids for o in llama.generate(PROMPTS, params)] == greedy
 
 

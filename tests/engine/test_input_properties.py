@@ -158,3 +158,12 @@ def test_any_valid_unicode_text_embeds(embedder: LLM, text: str) -> None:
         return
     assert requests is not None
     check_outputs(embedder, requests)
+
+
+def test_a_pair_limit_below_its_special_tokens_is_refused(cross_encoder: LLM) -> None:
+    """Found by test_any_input_to_a_cross_encoder: truncate_prompt_tokens=1 gave a pair 3 tokens."""
+    with pytest.raises(InvalidRequestError) as raised:
+        cross_encoder.engine.make_requests("classify", [("", "")], PoolingParams(truncate_prompt_tokens=1))
+    assert raised.value.param == "truncate_prompt_tokens" and "special tokens" in str(raised.value)
+    [ok] = cross_encoder.engine.make_requests("classify", [("", "")], PoolingParams(truncate_prompt_tokens=3))
+    assert ok.num_tokens == 3

@@ -107,6 +107,10 @@ class InputProcessor:
                 raise InvalidRequestError(
                     f"prompt {pairs[0][0]} is a text pair, which only cross-encoders and classifiers read; model "
                     f"{self.info.architecture} embeds single texts (score pairs with the score task)", param="input")
+            specials = self.tokenizer.num_pair_special_tokens
+            if limit is not None and limit < specials:  # found by test_input_properties.py
+                raise InvalidRequestError(f"truncate_prompt_tokens={limit} is shorter than the {specials} special tokens "
+                                          "every text pair needs", param="truncate_prompt_tokens")
             for (i, _), tok in zip(pairs, self.tokenizer.encode_pairs([p for _, p in pairs], limit)):
                 out[i] = tok
         for i, p in enumerate(prompts):
