@@ -88,3 +88,31 @@ class RunningServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(120)
+
+
+def read_response(sock: socket.socket) -> str:
+    """Status line, headers and body of one HTTP/1.1 response (by its Content-Length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
+
+
+class SlowRequest:
+    """A POST whose headers are sent now and whose body is sent by finish(): in flight until then."""
+
+    def __init__(self, port: int, body: bytes) -> None:
+        self.body = body
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+
+    def finish(self) -> str:
+        self.sock.sendall(self.body[1:])
+        response = read_response(self.sock)
+        self.sock.close()
+        return response

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.entrypoints.server_harness import RunningServer, check_error, wait_until
+from tests.entrypoints.server_harness import RunningServer, SlowRequest, check_error, read_response, wait_until
 
 LIMITS = {"max_concurrent_requests": 2, "max_body_bytes_in_flight": 64 * 1024, "max_body_bytes": 48 * 1024,
           "max_items_per_request": 10, "max_tokens_per_request": 500}
@@ -22,34 +22,6 @@ LIMITS = {"max_concurrent_requests": 2, "max_body_bytes_in_flight": 64 * 1024, "
 def server(tiny_bert: Path) -> Iterator[RunningServer]:
     with RunningServer(str(tiny_bert), enforce_eager=True, **LIMITS) as running:
         yield running.wait_ready()
-
-
-def read_response(sock: socket.socket) -> str:
-    """Status line, headers and body of one HTTP/1.1 response (by its Content-Length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return (head + b"\r\n\r\n" + body).decode(errors="replace")
-
-
-class SlowRequest:
-    """A POST whose headers are sent now and whose body is sent by finish(): in flight until then."""
-
-    def __init__(self, server: RunningServer, body: bytes) -> None:
-        self.body = body
-        self.sock = socket.create_connection(("127.0.0.1", server.port))
-        self.sock.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
-
-    def finish(self) -> str:
-        self.sock.sendall(self.body[1:])
-        response = read_response(self.sock)
-        self.sock.close()
-        return response
 
 
 def embed_body(n_bytes: int) -> bytes:
@@ -79,7 +51,7 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(server: Run
 
 
 def test_requests_past_the_concurrency_limit_get_503_and_the_probes_still_answer(server: RunningServer) -> None:
-    held = [SlowRequest(server, embed_body(100)) for _ in range(2)]
+    held = [SlowRequest(server.port, embed_body(100)) for _ in range(2)]
     wait_until(lambda: in_flight(server) == 2, "two requests in flight")
     refused = httpx.post(f"{server.url}/v1/embeddings", json={"input": "third"})
     error = check_error(refused, 503, None)
@@ -93,7 +65,7 @@ def test_requests_past_the_concurrency_limit_get_503_and_the_probes_still_answer
 
 
 def test_body_bytes_in_flight_are_bounded(server: RunningServer) -> None:
-    held = SlowRequest(server, embed_body(40 * 1024))
+    held = SlowRequest(server.port, embed_body(40 * 1024))
     wait_until(lambda: in_flight(server) == 1, "the large request in flight")
     error = check_error(httpx.post(f"{server.url}/v1/embeddings", content=embed_body(30 * 1024),
                                    headers={"content-type": "application/json"}), 503, None)

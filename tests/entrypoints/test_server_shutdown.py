@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.entrypoints.server_harness import (
     DEADLINE_S,
     RunningServer,
+    SlowRequest,
     check_error,
     free_port,
     make_texts,
@@ -49,14 +50,20 @@ def is_healthy(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_finishes_in_flight_and_exits_0(tiny_bert: Path, sig: signal.Signals) -> None:
+def serve(model: Path) -> tuple[subprocess.Popen, int, str]:
+    """`ember serve MODEL --enforce-eager` on a free port, ready: (process, port, url)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "ember.entrypoints.cli", "serve", str(tiny_bert),
+    proc = subprocess.Popen([sys.executable, "-m", "ember.entrypoints.cli", "serve", str(model),
                              "--enforce-eager", "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: is_healthy(url), "ready")
+    return proc, port, url
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_in_flight_and_exits_0(tiny_bert: Path, sig: signal.Signals) -> None:
+    proc, _, url = serve(tiny_bert)
     try:
-        wait_until(lambda: is_healthy(url), "ready")
         result: dict = {}
         texts = make_texts(2048, seed=9)
         thread = threading.Thread(target=lambda: result.update(
@@ -80,16 +87,9 @@ def test_sigterm_drains_new_requests_get_503_in_flight_ones_finish(tiny_bert: Pa
     """A request in flight (its body still arriving, so it stays in flight as long as the test wants)
     holds the drain open: meanwhile new requests and /health get 503 + Retry-After, /metrics still
     answers; once its body is sent it gets its 200, and the process exits 0."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "ember.entrypoints.cli", "serve", str(tiny_bert),
-                             "--enforce-eager", "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    proc, port, url = serve(tiny_bert)
     try:
-        wait_until(lambda: is_healthy(url), "ready")
-        body = orjson.dumps({"input": make_texts(64, seed=12)})
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        slow = SlowRequest(port, orjson.dumps({"input": make_texts(64, seed=12)}))
         wait_until(lambda: gauge(url, "ember_requests_in_progress") >= 2, "the slow request to be in flight")
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: httpx.get(f"{url}/health").status_code == 503, "draining")
@@ -97,10 +97,8 @@ def test_sigterm_drains_new_requests_get_503_in_flight_ones_finish(tiny_bert: Pa
         error = check_error(refused, 503, None)
         assert error["code"] == "shutting_down" and int(refused.headers["Retry-After"]) >= 1
         assert httpx.get(f"{url}/metrics").status_code == 200
-        slow.sendall(body[10:])
-        head = slow.recv(65536).decode(errors="replace")
-        assert head.startswith("HTTP/1.1 200"), head[:300]
-        slow.close()
+        answer = slow.finish()
+        assert answer.startswith("HTTP/1.1 200"), answer[:300]
         assert proc.wait(DEADLINE_S) == 0
     finally:
         proc.kill()
