@@ -21,10 +21,12 @@ def test_embed_stdin_to_jsonl_and_file_to_npy(tiny_bert, tmp_path):
     lines = ["quick brown fox", '{"text": "lazy dog"}', "", "hello world"]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines))
-    result = ember("embed", str(tiny_bert), "--enforce-eager", "--dtype", "float32", stdin="\n".join(lines))
+    result = ember("embed", str(tiny_bert), "--enforce-eager", "--dtype", "float32", "--include-text",
+                   stdin="\n".join(lines))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["text"] for r in records] == ["quick brown fox", "lazy dog", "hello world"]
+    assert [r["id"] for r in records] == [0, 1, 3]  # line numbers: the blank line 2 is skipped
     npy = tmp_path / "out.npy"
     result = ember("embed", str(tiny_bert), "--enforce-eager", "--dtype", "float32", "-i", str(source), "-o", str(npy))
     assert result.returncode == 0, result.stderr

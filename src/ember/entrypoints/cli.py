@@ -24,15 +24,32 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def add_embed_parser(sub: Any) -> None:
+    embed = sub.add_parser("embed", help="embed a corpus: text, JSONL or Parquet in; JSONL, npy or Parquet out; "
+                           "streamed by shards, resumable after a kill")
+    add_config_flags(embed, *ENGINE_PARTS)
+    embed.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    job = embed.add_argument_group("batch job")
+    job.add_argument("-i", "--input", default="-", help="text lines, JSONL ({\"id\": ..., \"text\": ...}) or "
+                     ".parquet; default stdin")
+    job.add_argument("-o", "--output", default="-", help="out.jsonl (default: stdout), out.npy, out.parquet, or a "
+                     "folder of part files (with --output-format npy|parquet)")
+    job.add_argument("--input-format", choices=["text", "jsonl", "parquet"], help="default: from the extension")
+    job.add_argument("--output-format", choices=["jsonl", "npy", "parquet"], help="default: from the extension")
+    job.add_argument("--text-field", default="text", help="JSONL field / Parquet column of the text (default: text)")
+    job.add_argument("--id-field", default="id", help="JSONL field / Parquet column carried to the output as id "
+                     "(default: id; rows without one get their line or row number)")
+    job.add_argument("--shard-size", type=int, default=4096, help="rows per shard: the unit of output and of "
+                     "resume (default: 4096)")
+    job.add_argument("--include-text", action="store_true", help="copy each text into the output")
+    job.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
+    job.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ember", description="Ember: CPU-first inference engine for embedding models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    embed = sub.add_parser("embed", help="embed lines or JSONL from a file or stdin (offline batch job)")
-    add_config_flags(embed, *ENGINE_PARTS)
-    embed.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    embed.add_argument("-i", "--input", default="-", help="text lines or JSONL ({\"text\": ...}); default stdin")
-    embed.add_argument("-o", "--output", default="-", help=".npy or JSONL output; default stdout (JSONL)")
-    embed.add_argument("--truncate", action="store_true", help="truncate over-long prompts instead of failing")
+    add_embed_parser(sub)
     sub.add_parser("models", help="list the installed models Ember can load by name")
     add_serve_parser(sub)
     from ember.bench.command import add_bench_args

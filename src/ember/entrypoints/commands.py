@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
 from ember.entrypoints.args import engine_config, server_config
-from ember.errors import InvalidRequestError
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -49,52 +48,35 @@ def list_models() -> int:
     return 0
 
 
-def read_prompts(source: str) -> list[str]:
-    """Plain text lines, or JSONL objects with a "text" (or "input") field."""
-    if source == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            lines = Path(source).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise InvalidRequestError(f"cannot read input {source!r}: {exc.strerror}", param="input") from None
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise InvalidRequestError(f"{source}:{number}: invalid JSON: {exc}", param="input") from None
-            text = record.get("text", record.get("input"))
-            if not isinstance(text, str):
-                raise InvalidRequestError(f"{source}:{number}: JSON line needs a string 'text' field", param="input")
-            prompts.append(text)
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise InvalidRequestError(f"no prompts in {source if source != '-' else 'stdin'}", param="input")
-    return prompts
-
-
 def embed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ember.entrypoints.llm import LLM
+    """A resumable batch job: rows from a file or stdin, vectors to a file or folder, by shards."""
+    from ember.entrypoints.batch.job import run_job
+    from ember.entrypoints.batch.rows import InputSpec
+    from ember.entrypoints.batch.sinks import open_sink
 
     config = engine_config(args, parser)
-    prompts = read_prompts(args.input)
-    llm = LLM.from_config(config)
-    outputs = llm.embed(prompts, truncate_prompt_tokens=-1 if args.truncate else None,
-                        use_tqdm=sys.stderr.isatty())
-    if args.output.endswith(".npy"):
-        np.save(args.output, np.stack([o.outputs.data for o in outputs]))
-        return 0
-    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
-        for text, out in zip(prompts, outputs):
-            sink.write(json.dumps({"text": text, "num_tokens": out.num_prompt_tokens,
-                                   "embedding": out.outputs.embedding}) + "\n")
-    finally:
-        if sink is not sys.stdout:
-            sink.close()
+    spec = InputSpec.of(args.input, args.input_format, args.text_field, args.id_field)
+    sink = open_sink(args.output, args.output_format, args.include_text)
+    model = dataclasses.asdict(config.model_config)
+    model.pop("served_model_name")
+    job = {"model": model, "truncate": args.truncate, "output": type(sink).__name__,
+           "format": getattr(sink, "format", "jsonl"), "include_text": args.include_text}
+
+    def start_engine() -> Callable[[list[str]], tuple[np.ndarray, list[int]]]:
+        from ember.entrypoints.llm import LLM
+
+        llm = LLM.from_config(config)
+        truncate = -1 if args.truncate else None
+
+        def embed_texts(texts: list[str]) -> tuple[np.ndarray, list[int]]:
+            outputs = llm.embed(texts, truncate_prompt_tokens=truncate)
+            return np.stack([o.outputs.data for o in outputs]), [o.num_prompt_tokens for o in outputs]
+        return embed_texts
+
+    result = run_job(spec, sink, start_engine, job=job, shard_size=args.shard_size, overwrite=args.overwrite)
+    if not result.already_complete:
+        rate = result.rows_this_run / max(result.seconds, 1e-9)
+        resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+        print(f"ember embed: {result.rows} rows{resumed} to {sink.path} in {result.seconds:.1f} s, {rate:.1f} texts/s",
+              file=sys.stderr)
     return 0

@@ -1,0 +1,1 @@
+"""Batch jobs: `ember embed` over files of any size, sharded and resumable."""
