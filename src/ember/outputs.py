@@ -154,6 +154,8 @@ class ReadyReport:
     num_warmed_shapes: int = 0
     startup_s: float = 0.0
     rss_bytes: int = 0
+    threads: int = 0
+    """Intra-op threads the model runs."""
 
 
 @dataclass(slots=True)

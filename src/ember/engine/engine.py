@@ -147,6 +147,7 @@ class Engine:
             "num_warmed_shapes": report.num_warmed_shapes,
             "startup_s": report.startup_s,
             "rss_bytes": report.rss_bytes,
+            "threads": report.threads,
             "num_batches": self.num_batches,
             "num_requests": self.num_requests,
             "dtype": str(self.runner.dtype).removeprefix("torch."),

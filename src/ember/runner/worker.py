@@ -75,7 +75,7 @@ class Worker:
         return runner
 
     def init_device(self) -> None:
-        threads = init_threads(self.config.device_config.threads)
+        threads = self.report.threads = init_threads(self.config.device_config.threads)
         spin = (f"GOMP_SPINCOUNT={omp_defaults.applied} (Ember's default)" if omp_defaults.applied else
                 os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT") or "libgomp default")
         logger.info("init device: cpu, %d intra-op threads; OpenMP idle spin: %s", threads, spin)

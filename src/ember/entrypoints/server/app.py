@@ -37,13 +37,18 @@ SHUTDOWN_TIMEOUT_S = 60.0
 
 
 def create_app(config: EngineConfig, settings: ServerConfig | None = None, *,
-               on_engine_failed: Callable[[BaseException], None] | None = None) -> FastAPI:
+               on_engine_failed: Callable[[BaseException], None] | None = None,
+               start_when_warm: bool = False) -> FastAPI:
     """The app; its lifespan starts the engine (in a thread) and stops it after in-flight requests.
 
     Args:
         config: the engine configuration.
         settings: host, port (for the ready line), API key, the limits in front of the work.
         on_engine_failed: called (on the engine thread) if the engine cannot start, e.g. to stop the server.
+        start_when_warm: the lifespan's startup returns only once the engine and the HTTP path are
+            warm (and raises if the engine cannot start), for hosts that route traffic as soon as
+            startup returns (Ray Serve). Otherwise startup returns at once and /health says 503
+            until ready, which is what a load balancer in front of `ember serve` polls.
     """
     settings = settings or ServerConfig()
     model_name = config.model_config.served_model_name or config.model_config.model
@@ -60,6 +65,11 @@ def create_app(config: EngineConfig, settings: ServerConfig | None = None, *,
         logger.info("starting engine: %s", config)
         engine.start()
         warm_up = asyncio.create_task(_warm_up_then_serve(app, state))
+        if start_when_warm:
+            await warm_up
+            if not state.http_warm:
+                await asyncio.to_thread(engine.shutdown, SHUTDOWN_TIMEOUT_S)
+                raise RuntimeError(f"the engine did not start: {engine.startup_error or engine.dead_error}")
         yield
         warm_up.cancel()
         logger.info("shutting down: finishing in-flight requests")
