@@ -152,3 +152,32 @@ def test_serve_answers_only_when_warm_with_the_openai_client(cluster, tiny_bert,
     finally:
         serve.shutdown()
         time.sleep(0.5)
+
+
+def test_ember_embed_on_ray_from_the_command_line(cluster, tiny_bert, reference, tmp_path):
+    """`ember embed --ray` joins the running cluster: JSONL with ids in, a Parquet folder out."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.dataset
+
+    texts = corpus(500)
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"key": f"k{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    address = ray.get_runtime_context().gcs_address
+    result = subprocess.run(
+        [sys.executable, "-m", "ember.entrypoints.cli", "embed", str(tiny_bert), "--dtype", "float32", "--ray",
+         "--ray-address", address, "--ray-actors", "1", "--id-field", "key", "-i", str(source),
+         "-o", str(tmp_path / "vectors")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "500 rows" in result.stderr
+    table = pyarrow.dataset.dataset(tmp_path / "vectors", format="parquet").to_table()
+    assert sorted(table.column_names) == ["embedding", "key"]
+    by_key = dict(zip(table.column("key").to_pylist(), table.column("embedding").to_numpy(zero_copy_only=False)))
+    assert sorted(by_key) == sorted(f"k{i}" for i in range(500))
+    got = np.stack([np.asarray(by_key[f"k{i}"], dtype=np.float32) for i in range(500)])
+    assert np.sum(got * reference(texts), axis=1).min() >= 0.9999
+    bad = subprocess.run([sys.executable, "-m", "ember.entrypoints.cli", "embed", str(tiny_bert), "--ray", "-i",
+                          str(source), "-o", str(tmp_path / "v.npy")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "plain text and npy have no ids" in bad.stderr

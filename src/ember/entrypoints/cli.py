@@ -22,6 +22,14 @@ def add_serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server (embed, rerank, score, classify, generate)")
     add_config_flags(serve, *ENGINE_PARTS, ServerConfig)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    on_ray = serve.add_argument_group("on Ray Serve (pip install 'ember[ray]')")
+    on_ray.add_argument("--ray", action="store_true", help="serve replicas on Ray Serve (each starts warm)")
+    on_ray.add_argument("--ray-address", help="the cluster to join (default: $RAY_ADDRESS, else a local one)")
+    on_ray.add_argument("--ray-replicas", type=int, default=1, help="replicas (with --ray-max-replicas: the "
+                        "fewest) (default: 1)")
+    on_ray.add_argument("--ray-max-replicas", type=int, help="autoscale up to this many replicas on requests in flight")
+    on_ray.add_argument("--ray-cpus-per-replica", type=float, default=1, help="CPUs (and threads) per replica "
+                        "(default: 1)")
 
 
 def add_embed_parser(sub: Any) -> None:
@@ -44,6 +52,12 @@ def add_embed_parser(sub: Any) -> None:
     job.add_argument("--include-text", action="store_true", help="copy each text into the output")
     job.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming it")
     job.add_argument("--truncate", action="store_true", help="truncate over-long texts instead of failing")
+    on_ray = embed.add_argument_group("on Ray (pip install 'ember[ray]')")
+    on_ray.add_argument("--ray", action="store_true", help="run on Ray Data: JSONL or Parquet in, a folder of "
+                        "Parquet (or JSONL) files out, one warm engine per actor")
+    on_ray.add_argument("--ray-address", help="the cluster to join (default: $RAY_ADDRESS, else a local one)")
+    on_ray.add_argument("--ray-actors", type=int, help="engines in the pool (default: cluster CPUs / CPUs per actor)")
+    on_ray.add_argument("--ray-cpus-per-actor", type=float, default=1, help="CPUs (and threads) per engine (default: 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

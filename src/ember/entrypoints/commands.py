@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ember.config import EngineConfig
 from ember.entrypoints.args import engine_config, server_config
+from ember.errors import InvalidRequestError
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -21,6 +23,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from ember.entrypoints.serve import serve
 
         sub = _subparser(parser, "serve")
+        if args.ray:
+            from ember.entrypoints.ray_serve import serve_on_ray
+
+            return serve_on_ray(engine_config(args, sub), server_config(args, sub), replicas=args.ray_replicas,
+                                max_replicas=args.ray_max_replicas, cpus_per_replica=args.ray_cpus_per_replica,
+                                address=args.ray_address)
         return serve(engine_config(args, sub), server_config(args, sub), args.log_level)
     if args.command == "bench":
         from ember.bench.command import run_bench
@@ -55,6 +63,8 @@ def embed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ember.entrypoints.batch.sinks import open_sink
 
     config = engine_config(args, parser)
+    if args.ray:
+        return _embed_on_ray(args, config)
     spec = InputSpec.of(args.input, args.input_format, args.text_field, args.id_field)
     sink = open_sink(args.output, args.output_format, args.include_text)
     model = dataclasses.asdict(config.model_config)
@@ -79,4 +89,18 @@ def embed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
         print(f"ember embed: {result.rows} rows{resumed} to {sink.path} in {result.seconds:.1f} s, {rate:.1f} texts/s",
               file=sys.stderr)
+    return 0
+
+
+def _embed_on_ray(args: argparse.Namespace, config: EngineConfig) -> int:
+    from ember.entrypoints.ray_data import embed_files
+
+    if args.input == "-" or args.output == "-":
+        raise InvalidRequestError("ember embed --ray reads and writes paths (files or folders), not stdin/stdout",
+                                  param="input" if args.input == "-" else "output")
+    rows = embed_files(args.input, args.output, config, input_format=args.input_format,
+                       output_format=args.output_format, text_field=args.text_field, id_field=args.id_field,
+                       include_text=args.include_text, truncate=args.truncate, num_actors=args.ray_actors,
+                       cpus_per_actor=args.ray_cpus_per_actor, address=args.ray_address)
+    print(f"ember embed --ray: {rows} rows to {args.output}", file=sys.stderr)
     return 0

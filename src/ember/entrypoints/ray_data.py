@@ -83,14 +83,14 @@ def _fill_compile_cache(config: EngineConfig, cpus: float) -> dict[str, Any]:
     return {"startup_s": llm.stats()["startup_s"], "compilation_time_s": llm.stats()["compilation_time_s"]}
 
 
-def embed_dataset(ds: Any, model: str | None = None, *, text_column: str = "text", output_column: str = "embedding",
+def embed_dataset(ds: Any, model: str | EngineConfig | None = None, *, text_column: str = "text", output_column: str = "embedding",
                   num_actors: int | tuple[int, int] = 1, cpus_per_actor: float = 1, batch_size: int = 1024,
                   truncate: bool = False, fill_compile_cache: bool = True, **engine_kwargs: Any) -> Any:
     """`ds` with an `output_column` of float32 vectors, one per row, every other column kept.
 
     Args:
         ds: a ray.data.Dataset with a string column `text_column`.
-        model: a model folder or installed name (on every node).
+        model: a model folder or installed name (on every node), or a whole EngineConfig.
         num_actors: the pool size, or (min, max) for an autoscaling pool.
         cpus_per_actor: CPUs Ray reserves for each actor; its engine runs that many threads.
         batch_size: rows per batch handed to an actor (the engine batches them again by tokens).
@@ -99,7 +99,8 @@ def embed_dataset(ds: Any, model: str | None = None, *, text_column: str = "text
         **engine_kwargs: any EngineConfig field (dtype, max_model_len, compile_cache_dir, ...).
     """
     ray = _ray()
-    config = EngineConfig.from_kwargs(model, **engine_kwargs)  # a bad argument fails here, not in an actor
+    # A bad argument fails here, in the driver, not in every actor.
+    config = model if isinstance(model, EngineConfig) else EngineConfig.from_kwargs(model, **engine_kwargs)
     if isinstance(num_actors, int):
         pool = ray.data.ActorPoolStrategy(size=num_actors)
     else:
@@ -112,3 +113,39 @@ def embed_dataset(ds: Any, model: str | None = None, *, text_column: str = "text
                                              output_column, "truncate": truncate, "cpus_per_actor": cpus_per_actor},
         batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=cpus_per_actor,
         udf_modifying_row_count=False)
+
+
+def embed_files(source: str, target: str, config: EngineConfig, *, input_format: str | None, output_format: str | None,
+                text_field: str, id_field: str, include_text: bool, truncate: bool, num_actors: int | None,
+                cpus_per_actor: float, address: str | None) -> int:
+    """`ember embed --ray`: a JSONL or Parquet corpus (files, a folder, any path Ray reads) to a
+    folder of Parquet or JSONL files with the id, the vector and optionally the text. Returns
+    the rows written."""
+    ray = _ray()
+    suffix = source.rstrip("/").rsplit(".", 1)[-1].lower()
+    input_format = input_format or ("parquet" if suffix == "parquet" else "jsonl")
+    ending = target.rstrip("/").rsplit(".", 1)[-1].lower()
+    output_format = output_format or {"jsonl": "jsonl", "json": "jsonl", "npy": "npy"}.get(ending, "parquet")
+    if input_format == "text" or output_format == "npy":
+        raise InvalidRequestError("ember embed --ray reads JSONL or Parquet (rows with an id field) and writes "
+                                  "Parquet or JSONL folders; plain text and npy have no ids to keep rows apart",
+                                  param="input_format" if input_format == "text" else "output_format")
+    if not ray.is_initialized():
+        ray.init(address=address)
+    ds = ray.data.read_parquet(source) if input_format == "parquet" else ray.data.read_json(source, lines=True)
+    columns = ds.columns()
+    for field, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
+        if field not in columns:
+            raise InvalidRequestError(f"{source} has no field {field!r} (fields: {', '.join(columns)}); choose it "
+                                      f"with {flag}", param=flag.removeprefix("--").replace("-", "_"))
+    if num_actors is None:
+        num_actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
+    out = embed_dataset(ds.select_columns([id_field, text_field]), config, text_column=text_field,
+                        num_actors=num_actors, cpus_per_actor=cpus_per_actor, truncate=truncate)
+    if not include_text:
+        out = out.drop_columns([text_field])
+    if output_format == "parquet":
+        out.write_parquet(target)
+    else:
+        out.write_json(target)
+    return ray.data.read_parquet(target).count() if output_format == "parquet" else ray.data.read_json(target).count()

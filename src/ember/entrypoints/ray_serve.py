@@ -19,11 +19,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from ember.config import EngineConfig, ServerConfig
 from ember.entrypoints.ray_data import actor_config
 from ember.errors import InvalidRequestError
+
+logger = logging.getLogger(__name__)
 
 
 class EmberReplica:
@@ -48,13 +51,15 @@ class EmberReplica:
             raise RuntimeError(f"ember engine failed: {error}")
 
 
-def deployment(model: str | None = None, *, num_replicas: int = 1, autoscale: tuple[int, int] | None = None,
+def deployment(model: str | EngineConfig | None = None, *, num_replicas: int = 1, autoscale: tuple[int, int] | None = None,
                target_ongoing_requests: float = 32, max_ongoing_requests: int = 256, cpus_per_replica: float = 1,
-               graceful_shutdown_timeout_s: float = 60, name: str = "ember", server: dict[str, Any] | None = None,
+               graceful_shutdown_timeout_s: float = 60, name: str = "ember",
+               server: ServerConfig | dict[str, Any] | None = None,
                **engine_kwargs: Any) -> Any:
     """A Ray Serve application serving `model`; pass it to serve.run().
 
     Args:
+        model: a model folder or installed name (on every node), or a whole EngineConfig.
         num_replicas: a fixed number of replicas (ignored with `autoscale`).
         autoscale: (min, max) replicas, scaled on requests in flight per replica.
         target_ongoing_requests: the requests per replica the autoscaler aims for; an encoder
@@ -68,8 +73,8 @@ def deployment(model: str | None = None, *, num_replicas: int = 1, autoscale: tu
         from ray import serve
     except ImportError:
         raise InvalidRequestError("Ray Serve is not installed: pip install 'ember[ray]'", param="ray") from None
-    config = EngineConfig.from_kwargs(model, **engine_kwargs)
-    settings = ServerConfig(**(server or {}))
+    config = model if isinstance(model, EngineConfig) else EngineConfig.from_kwargs(model, **engine_kwargs)
+    settings = server if isinstance(server, ServerConfig) else ServerConfig(**(server or {}))
     settings.verify()
     settings = dataclasses.replace(settings, max_concurrent_requests=max(settings.max_concurrent_requests,
                                                                          max_ongoing_requests))
@@ -85,3 +90,31 @@ def deployment(model: str | None = None, *, num_replicas: int = 1, autoscale: tu
         options["num_replicas"] = num_replicas
     replica = serve.deployment(serve.ingress()(EmberReplica), **options)
     return replica.bind(config, settings, cpus_per_replica)
+
+
+def serve_on_ray(config: EngineConfig, settings: ServerConfig, *, replicas: int, max_replicas: int | None,
+                 cpus_per_replica: float, address: str | None) -> int:
+    """`ember serve --ray`: the deployment on a Ray cluster, HTTP on the configured host and port,
+    until SIGTERM or SIGINT; then Serve drains the replicas and stops."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    autoscale = (replicas, max_replicas) if max_replicas is not None else None
+    app = deployment(config, num_replicas=replicas, autoscale=autoscale, cpus_per_replica=cpus_per_replica,
+                     server=settings)
+    serve.run(app, name="ember", route_prefix="/")
+    logger.info("ready: serving %s on Ray Serve at %s (%s replicas)", config.model_config.model, settings.url,
+                f"{replicas}..{max_replicas}" if max_replicas else replicas)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    logger.info("stopping: Serve drains the replicas")
+    serve.shutdown()
+    return 0
