@@ -61,7 +61,7 @@ class InputSpec:
         if self.path == "-":
             return None
         if self.format == "parquet":
-            return _parquet().ParquetFile(self.path).metadata.num_rows
+            return pyarrow_parquet().ParquetFile(self.path).metadata.num_rows
         lines, last = 0, b"\n"
         with open(self.path, "rb") as f:
             while block := f.read(1 << 20):
@@ -116,7 +116,7 @@ def _record(line: str, number: int, name: str, spec: InputSpec) -> tuple[Any, st
 
 
 def _parquet_rows(spec: InputSpec) -> Iterator[tuple[Any, str]]:
-    pq = _parquet()
+    pq = pyarrow_parquet()
     file = pq.ParquetFile(spec.path)
     names = file.schema_arrow.names
     if spec.text_field not in names:
@@ -134,10 +134,11 @@ def _parquet_rows(spec: InputSpec) -> Iterator[tuple[Any, str]]:
             yield row_id, text
 
 
-def _parquet() -> Any:
+def pyarrow_parquet(param: str = "input") -> Any:
+    """pyarrow.parquet, or an error naming `param` (pyarrow is optional: 'ember[ray]' has it)."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise InvalidRequestError("Parquet needs pyarrow: pip install pyarrow (or 'ember[ray]')",
-                                  param="input") from None
+                                  param=param) from None
     return pq

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 
+from ember.entrypoints.batch.rows import pyarrow_parquet
 from ember.errors import InvalidRequestError
 
 FORMATS = ("jsonl", "npy", "parquet")
@@ -140,7 +141,7 @@ class PartsSink(Sink):
                 os.fsync(f.fileno())
             tmp.rename(self._part(index, ".npy"))
         else:
-            pq = _pyarrow_parquet()
+            pq = pyarrow_parquet("output")
             tmp = self._part(index, ".parquet.tmp")
             pq.write_table(_arrow_table(shard, self.include_text), tmp)
             tmp.rename(self._part(index, ".parquet"))
@@ -191,7 +192,7 @@ def _join_npy(parts: list[Path], target: Path) -> None:
 
 
 def _join_parquet(parts: list[Path], target: Path) -> None:
-    pq = _pyarrow_parquet()
+    pq = pyarrow_parquet("output")
     writer = None
     for part in parts:
         table = pq.read_table(part)
@@ -213,15 +214,6 @@ def _arrow_table(shard: Shard, include_text: bool) -> Any:
     columns["num_tokens"] = pa.array(shard.num_tokens, type=pa.int32())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dims)
     return pa.table(columns)
-
-
-def _pyarrow_parquet() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InvalidRequestError("Parquet needs pyarrow: pip install pyarrow (or 'ember[ray]')",
-                                  param="output") from None
-    return pq
 
 
 def open_sink(path: str, format: str | None, include_text: bool) -> Sink:
