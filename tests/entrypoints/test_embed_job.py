@@ -194,6 +194,9 @@ def test_bad_rows_are_named_by_id_or_line(llm, tmp_path):
 
 
 def test_cli_errors_exit_1_with_one_line(tiny_bert, tmp_path):
+    for output in ("-", str(tmp_path / "empty.parquet")):  # an empty input is an error, in every format
+        result = ember(str(tiny_bert), *FLAGS, "-o", output, stdin="\n  \n")
+        assert result.returncode == 1 and result.stderr.strip().endswith("no rows in stdin (blank lines are skipped)")
     result = ember(str(tiny_bert), *FLAGS, "-o", "-", "--output-format", "npy", stdin="hello\n")
     assert result.returncode == 1 and result.stderr.strip().endswith("npy output needs a file or folder, not stdout")
     source = write_jsonl(tmp_path / "in.jsonl", corpus(5))

@@ -95,6 +95,9 @@ def run_job(spec: InputSpec, sink: Sink, embed: Callable[[], EmbedFn], *, job: d
         rows, shards = rows + len(ids), shards + 1
         _save(mpath, {**identity, "rows": rows, "shards": shards, "complete": False, **sink_state})
         reporter.update(len(ids), shards)
+    if rows == 0:
+        raise InvalidRequestError(f"no rows in {'stdin' if spec.path == '-' else spec.path} (blank lines are skipped)",
+                                  param="input")
     sink.finish(shards)
     seconds = time.perf_counter() - start
     _save(mpath, {**identity, "rows": rows, "shards": shards, "complete": True,
