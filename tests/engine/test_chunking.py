@@ -78,8 +78,8 @@ def test_chunked_texts_share_batches_without_changing_the_others(llm: LLM, tiny_
     alone = llm.embed(short)
     got_short = [o for o in outs if not o.is_chunked]
     assert [o.is_chunked for o in outs] == [False, True, False, False, True, False, False, False]
-    for got, ref in zip(got_short, alone):
-        np.testing.assert_array_equal(got.outputs.embedding, ref.outputs.embedding)
+    for got, ref in zip(got_short, alone):  # other batch shapes may move a float32 sum by an ulp
+        np.testing.assert_allclose(got.outputs.embedding, ref.outputs.embedding, atol=1e-6, rtol=0)
     for i in (1, 4):
         windows, _ = reference_windows(tiny_bert, texts[i], MAX_LEN // 8)
         check_close(ours=outs[i].outputs.embedding, ref=weighted_mean(llm, windows), name_ours="chunked",

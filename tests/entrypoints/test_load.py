@@ -13,10 +13,10 @@ import httpx
 from ember.bench.load import ServerProcess, TextPool, run_load
 
 
-def test_twice_the_capacity_for_15_seconds_loses_nothing(minilm_path: Path, tmp_path: Path) -> None:
+def test_twice_the_capacity_for_8_seconds_loses_nothing(minilm_path: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with ServerProcess(str(minilm_path), ["--max-concurrent-requests", "16"], str(log)) as server:
-        report = asyncio.run(run_load(server.url, server.proc.pid, duration_s=15, capacity_s=4, warmup_s=4, concurrency=8,
+        report = asyncio.run(run_load(server.url, server.proc.pid, duration_s=8, capacity_s=3, warmup_s=3, concurrency=8,
                                       pool=TextPool(n_short=60, n_passages=12)))
         print(f"\n{report.table()}")
         summary = report.summary()
