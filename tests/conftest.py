@@ -23,9 +23,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_compile_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Engines built without compile_cache_dir share one fresh cache for the session, not ~/.cache."""
+    """Engines built without compile_cache_dir share one fresh cache for the session, not ~/.cache.
+    Under pytest-xdist the workers share it too (the run's base folder is their common parent): a
+    package one worker built is a cache hit for the other, as for two servers on one cache."""
     old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xdg-cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(shared)
     yield
     if old is None:
         os.environ.pop("XDG_CACHE_HOME", None)
