@@ -1,20 +1,33 @@
-import os, sys, time, tempfile
+"""First LLM() (fresh Ember and inductor caches) with the AOT wrapper compiled at argv[1] ("O0",
+"O2"), then the p50 of 400 single-text calls, twice."""
+import os
+import sys
+import tempfile
+import time
+
 level = sys.argv[1]
 tmp = tempfile.mkdtemp()
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp + "/ind"; os.environ["HF_HUB_OFFLINE"] = "1"
-from ember.runner import aoti_build
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp + "/ind"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from ember import LLM  # noqa: E402 (after the cache folders are set)
+from ember.bench.corpus import short_texts  # noqa: E402
+from ember.runner import aoti_build  # noqa: E402
+
 aoti_build.AOTI_SETTINGS["aot_inductor.compile_wrapper_opt_level"] = level
-from ember import LLM
-from ember.bench.corpus import short_texts
-t0 = time.perf_counter()
+start = time.perf_counter()
 llm = LLM("sentence-transformers/all-MiniLM-L6-v2", compile_cache_dir=tmp + "/cache")
-ready = time.perf_counter() - t0
+ready = time.perf_counter() - start
 texts = short_texts(410)
-res = []
-for rep in range(2):
-    for t in texts[:10]: llm.embed([t])
-    ts = []
-    for t in texts[10:]:
-        s = time.perf_counter(); llm.embed([t]); ts.append((time.perf_counter() - s) * 1e3)
-    ts.sort(); res.append(ts[len(ts)//2])
-print(f"wrapper {level}: ready {ready:.1f} s, p50 ms {res}")
+medians = []
+for _ in range(2):
+    for text in texts[:10]:
+        llm.embed([text])
+    times = []
+    for text in texts[10:]:
+        call = time.perf_counter()
+        llm.embed([text])
+        times.append((time.perf_counter() - call) * 1e3)
+    times.sort()
+    medians.append(times[len(times) // 2])
+print(f"wrapper {level}: ready {ready:.1f} s, p50 ms {medians}")
