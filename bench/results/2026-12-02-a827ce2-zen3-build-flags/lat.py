@@ -5,18 +5,25 @@ import os
 import sys
 import time
 
-from ember import LLM
-from ember.bench.corpus import short_texts
 
-kwargs = ast.literal_eval(sys.argv[1]) if len(sys.argv) > 1 else {}
-llm = LLM("sentence-transformers/all-MiniLM-L6-v2", **kwargs)
-texts = short_texts(210)
-for text in texts[:10]:
-    llm.embed([text])
-times = []
-for text in texts[10:]:
-    start = time.perf_counter()
-    llm.embed([text])
-    times.append((time.perf_counter() - start) * 1e3)
-times.sort()
-print(kwargs, os.environ.get("OMP_WAIT_POLICY"), f"p50 {times[100]:.2f} p90 {times[180]:.2f}", llm.stats().get("threads"))
+def single_call_ms(llm, texts: list[str], warmup: int = 10) -> list[float]:
+    """Milliseconds of each one-text call over texts[warmup:], sorted, after `warmup` untimed calls."""
+    for text in texts[:warmup]:
+        llm.embed([text])
+    times = []
+    for text in texts[warmup:]:
+        start = time.perf_counter()
+        llm.embed([text])
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)
+
+
+if __name__ == "__main__":
+    from ember import LLM
+    from ember.bench.corpus import short_texts
+
+    kwargs = ast.literal_eval(sys.argv[1]) if len(sys.argv) > 1 else {}
+    llm = LLM("sentence-transformers/all-MiniLM-L6-v2", **kwargs)
+    times = single_call_ms(llm, short_texts(210))
+    print(kwargs, os.environ.get("OMP_WAIT_POLICY"), f"p50 {times[100]:.2f} p90 {times[180]:.2f}",
+          llm.stats().get("threads"))

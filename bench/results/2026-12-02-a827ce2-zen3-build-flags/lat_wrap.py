@@ -10,6 +10,8 @@ tmp = tempfile.mkdtemp()
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp + "/ind"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from lat import single_call_ms  # noqa: E402 (this folder's lat.py)
+
 from ember import LLM  # noqa: E402 (after the cache folders are set)
 from ember.bench.corpus import short_texts  # noqa: E402
 from ember.runner import aoti_build  # noqa: E402
@@ -19,15 +21,5 @@ start = time.perf_counter()
 llm = LLM("sentence-transformers/all-MiniLM-L6-v2", compile_cache_dir=tmp + "/cache")
 ready = time.perf_counter() - start
 texts = short_texts(410)
-medians = []
-for _ in range(2):
-    for text in texts[:10]:
-        llm.embed([text])
-    times = []
-    for text in texts[10:]:
-        call = time.perf_counter()
-        llm.embed([text])
-        times.append((time.perf_counter() - call) * 1e3)
-    times.sort()
-    medians.append(times[len(times) // 2])
+medians = [single_call_ms(llm, texts)[200] for _ in range(2)]
 print(f"wrapper {level}: ready {ready:.1f} s, p50 ms {medians}")
