@@ -228,6 +228,12 @@ def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_pa
     with pytest.raises(QuantizationQualityError, match=f"{measured:.8f}"):
         LLM(str(tiny_bert), **{**kwargs, "quantization_min_cosine": 1.0})
 
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ember.runner.int8.mode"):  # a 1-CPU Ray actor beside a 2-thread server
+        one_thread = LLM(str(tiny_bert), **kwargs, threads=1)
+    assert "layers loaded from" in caplog.text and list(tmp_path.glob("int8-*.pt")) == stored
+    np.testing.assert_allclose(_vectors(one_thread, texts), _vectors(first, texts), atol=1e-6)
+
     stored[0].write_bytes(b"not a torch file")
     caplog.clear()
     with caplog.at_level("WARNING", logger="ember.runner.int8.mode"):

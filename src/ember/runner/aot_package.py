@@ -72,13 +72,17 @@ def graph_code_digest(root: Path | None = None) -> str:
 
 
 def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str,
-                quantization: str | None = None) -> str:
+                quantization: str | None = None, *, per_thread_count: bool = True) -> str:
+    """The cache key of what is built from these model files. per_thread_count=False for what
+    does not depend on the thread count (the calibrated int8 layers), so that a process with
+    other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it."""
     from ember import __version__
 
     digest = hashlib.sha256()
     # The kernels are built for the intra-op thread count (inductor writes it into them).
+    threads = f"threads={torch.get_num_threads()}" if per_thread_count else "threads=any"
     for part in ("weights-outside", __version__, graph_code_digest(), torch.__version__, str(dtype), architecture,
-                 f"threads={torch.get_num_threads()}",
+                 threads,
                  plan.max_batch, plan.max_seq, EXPORT_MIN_DIM, f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())

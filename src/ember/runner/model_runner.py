@@ -100,7 +100,8 @@ class ModelRunner:
     def _int8_layers_path(self, kernel: int8.Int8Kernel) -> Path | None:
         # The key covers the model files, plan, versions, the kernel, and the code and texts of int8/.
         cache_dir = self._cache_dir()
-        return cache_dir / f"int8-{self._cache_key(f'int8-layers-{kernel.name}')}.pt" if cache_dir else None
+        key = self._cache_key(f"int8-layers-{kernel.name}", per_thread_count=False)
+        return cache_dir / f"int8-{key}.pt" if cache_dir else None
 
     def _apply_gate(self) -> None:
         """Keep int8 if it passes its gate; else (quantization="auto") run the float model, with
@@ -141,9 +142,10 @@ class ModelRunner:
         cache_dir = resolve_cache_dir(self.config.compile_config.compile_cache_dir)
         return Path(cache_dir) if cache_dir else None
 
-    def _cache_key(self, variant: str | None) -> str:
+    def _cache_key(self, variant: str | None, *, per_thread_count: bool = True) -> str:
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
-        return package_key(files, self.dtype, self.plan, self.info.architecture, variant)
+        return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
+                           per_thread_count=per_thread_count)
 
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
