@@ -86,6 +86,26 @@ class SparseRequestOutput:
 
 
 @dataclass(slots=True)
+class HybridEmbedding:
+    """One text's outputs from one forward (bge-m3): the dense vector, the lexical weights and the
+    multi-vector ([tokens - 1, dim], one per token after [CLS]); None where the model has no such
+    head (a SPLADE model has no multi-vector)."""
+
+    dense: np.ndarray
+    sparse: SparseEmbedding | None
+    multi_vector: np.ndarray | None
+
+
+@dataclass(slots=True)
+class HybridRequestOutput:
+    request_id: str
+    outputs: HybridEmbedding
+    prompt_token_ids: list[int]
+    truncated: bool = False
+    finished: bool = True
+
+
+@dataclass(slots=True)
 class ClassificationOutput:
     """One prompt's class scores: probabilities (or logits, with use_activation=False), label order."""
 

@@ -8,8 +8,8 @@ from typing import Literal
 from ember.config import ModelInfo
 from ember.errors import InvalidRequestError
 
-PoolingTask = Literal["embed", "token_embed", "classify", "score", "sparse"]
-POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score", "sparse")
+PoolingTask = Literal["embed", "token_embed", "classify", "score", "sparse", "multi_vector", "hybrid"]
+POOLING_TASKS: tuple[str, ...] = ("embed", "token_embed", "classify", "score", "sparse", "multi_vector", "hybrid")
 LONG_INPUTS: tuple[str, ...] = ("error", "truncate", "chunk")
 GREEDY_BELOW = 1e-5
 """A temperature below this samples greedily (as vLLM does): logits divided by a subnormal one
@@ -17,7 +17,9 @@ GREEDY_BELOW = 1e-5
 """What happens to an input over max_model_len (PoolingParams.long_inputs, --long-inputs)."""
 """embed: one vector per prompt; token_embed: one vector per token; classify: one probability (or
 logit) per label; score: one relevance score per text pair (cross-encoders, num_labels=1);
-sparse: lexical weights per vocabulary token (SPLADE, from a masked-LM head)."""
+sparse: lexical weights per vocabulary token (SPLADE's masked-LM head, bge-m3's sparse_linear);
+multi_vector: ColBERT vectors per token (bge-m3's colbert_linear); hybrid: the dense vector with
+the sparse weights and the multi-vector, from one forward (bge-m3's three outputs)."""
 
 
 @dataclass(slots=True)
@@ -41,9 +43,9 @@ class PoolingParams:
             output is their token-weighted mean). None: the engine's default (--long-inputs).
         chunk_overlap: tokens each chunk shares with the one before. None: an eighth of a chunk.
         return_chunks: chunk mode: also return every chunk's vector and character span.
-        sparse_top_k: the sparse task: keep the k largest weights (None: every weight above the
-            threshold).
-        sparse_threshold: the sparse task: keep weights above this.
+        sparse_top_k: the sparse and hybrid tasks: keep the k largest weights (None: every weight
+            above the threshold).
+        sparse_threshold: the sparse and hybrid tasks: keep weights above this.
     """
 
     normalize: bool | None = None
@@ -98,7 +100,7 @@ class PoolingParams:
 
     def _verify_sparse(self, task: str) -> None:
         k, threshold = self.sparse_top_k, self.sparse_threshold
-        if (k is not None or threshold != 0.0) and task != "sparse":
+        if (k is not None or threshold != 0.0) and task not in ("sparse", "hybrid"):
             raise InvalidRequestError(f"sparse_top_k and sparse_threshold apply to the sparse task, not {task}",
                                       param="sparse_top_k" if k is not None else "sparse_threshold")
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
@@ -134,7 +136,7 @@ class PoolingParams:
         if dims is None:
             return
         full = info.embedding_dimension or info.hidden_size
-        if task != "embed":
+        if task not in ("embed", "hybrid"):
             raise InvalidRequestError("dimensions is only supported for the embed task", param="dimensions")
         if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
             raise InvalidRequestError(f"dimensions must be a positive integer, got {dims!r}", param="dimensions")

@@ -164,6 +164,10 @@ class TextTokenizer:
     def token_strings(self, token_ids: list[int]) -> list[str]:
         return [self._tok.id_to_token(i) or "" for i in token_ids]
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a token string (a special token's, say), None when the vocabulary lacks it."""
+        return self._tok.token_to_id(token)
+
 
 def _cut(ids: list[int], limit: int, side: str, lead: int, trail: int) -> list[int]:
     """Slice a text's tokens between its `lead` and `trail` special tokens: what

@@ -122,3 +122,18 @@ def test_pooling_route_returns_ids_weights_and_tokens(server: RunningServer, eag
     check_error(httpx.post(f"{server.url}/pooling", json={"input": "a", "task": "embed", "sparse_threshold": 1}),
                 400, "sparse_threshold")
     assert "sparse" in httpx.get(f"{server.url}/v1/models").json()["data"][0]["tasks"]
+
+
+def test_embeddings_route_adds_sparse_weights_from_the_same_forward(server: RunningServer, eager: LLM) -> None:
+    """A SPLADE model on /v1/embeddings with return_sparse: its mean-pooled vector and its lexical
+    weights; it has no multi-vector head, so return_multi_vector is a 400 naming the field."""
+    body = {"input": TEXTS[:3], "return_sparse": True, "sparse_threshold": 0.1}
+    data = httpx.post(f"{server.url}/v1/embeddings", json=body).json()["data"]
+    sparse = eager.encode(TEXTS[:3], pooling_task="sparse", pooling_params=PoolingParams(sparse_threshold=0.1))
+    for item, ref, vector in zip(data, sparse, eager.embed(TEXTS[:3]), strict=True):
+        np.testing.assert_allclose(item["embedding"], vector.outputs.data, atol=1e-5)
+        assert item["sparse_embedding"]["indices"] == ref.outputs.indices.tolist()
+        np.testing.assert_allclose(item["sparse_embedding"]["values"], ref.outputs.values, atol=1e-5)
+        assert "multi_vector" not in item
+    check_error(httpx.post(f"{server.url}/v1/embeddings", json={"input": "a", "return_multi_vector": True}), 400,
+                "return_multi_vector")

@@ -21,6 +21,8 @@ from ember.outputs import (
     CompilationTimes,
     EmbeddingOutput,
     EmbeddingRequestOutput,
+    HybridEmbedding,
+    HybridRequestOutput,
     RequestOutput,
     RerankOutput,
     ScoringOutput,
@@ -81,7 +83,9 @@ class LLM:
                truncate_prompt_tokens: int | None = None, use_tqdm: bool = False) -> list[Any]:
         """Pooled outputs for any pooling task: "embed" (one vector), "token_embed" (one per
         token), "classify" (class scores), "score" (a cross-encoder's score of each text pair) or
-        "sparse" (lexical weights, SPLADE: pooling_params' sparse_top_k / sparse_threshold)."""
+        "sparse" (lexical weights: pooling_params' sparse_top_k / sparse_threshold), "multi_vector"
+        (ColBERT vectors, one per token after the first) or "hybrid" (the dense vector, the sparse
+        weights and the multi-vector from one forward: bge-m3)."""
         params = _merge_params(pooling_params, truncate_prompt_tokens)
         requests = self._run(pooling_task, prompts, params, use_tqdm)
         if pooling_task == "classify":
@@ -93,6 +97,9 @@ class LLM:
             return [SparseRequestOutput(r.request_id, SparseEmbedding.from_weights(
                 r.output.numpy(), params.sparse_top_k, params.sparse_threshold), r.prompt_token_ids, r.truncated)
                 for r in requests]
+        if pooling_task == "hybrid":
+            return [HybridRequestOutput(r.request_id, hybrid_embedding(r.output, params), r.prompt_token_ids,
+                                        r.truncated) for r in requests]
         return [EmbeddingRequestOutput(r.request_id, EmbeddingOutput(r.output.numpy()), r.prompt_token_ids,
                                        r.truncated, chunks=chunks_of(r)) for r in requests]
 
@@ -152,6 +159,15 @@ class LLM:
         label = self.engine.info.labels[max(range(len(probs)), key=probs.__getitem__)]
         return ClassificationRequestOutput(r.request_id, ClassificationOutput(probs), r.prompt_token_ids, label,
                                            getattr(r, "truncated", False))
+
+
+def hybrid_embedding(output: dict[str, Any], params: PoolingParams) -> HybridEmbedding:
+    """A hybrid row's tensors (model/pooler.py: row_outputs) as the caller's arrays."""
+    sparse, multi = output["sparse"], output["multi_vector"]
+    return HybridEmbedding(output["dense"].numpy(),
+                           None if sparse is None else SparseEmbedding.from_weights(
+                               sparse.numpy(), params.sparse_top_k, params.sparse_threshold),
+                           None if multi is None else multi.numpy())
 
 
 def _merge_params(params: PoolingParams | None, truncate_prompt_tokens: int | None) -> PoolingParams:

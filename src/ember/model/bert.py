@@ -179,7 +179,7 @@ class RobertaModel(BertModel):
 class MaskedLMHead(nn.Module):
     """BERT's masked-LM head: dense -> activation -> LayerNorm -> a logit per vocabulary token (the
     decoder is tied to the word embeddings unless the checkpoint has its own). SPLADE's sparse
-    vectors are read from it (model/pooler.py: sparse_weights). Runs after the compiled encoder,
+    vectors are read from it (model/heads.py: SpladeWeights). Runs after the compiled encoder,
     unquantized (float32 under int8), on the real tokens of a row only."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -231,8 +231,8 @@ class ClassificationHead(nn.Module):
         self.activation = activation
         """tanh (BERT, RoBERTa) or relu (DistilBERT's pre_classifier)."""
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[batch, seq, hidden] -> logits [batch, num_labels]."""
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[batch, seq, hidden] -> logits [batch, num_labels] (from the first token: the mask is unused)."""
         return self.out(self.activation(self.dense(hidden[:, 0])))
 
 

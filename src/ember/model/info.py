@@ -14,14 +14,18 @@ EMBEDDING_TASKS = ("embed", "token_embed", "score")
 
 
 def describe_model(folder: ModelFolder, model_config: Any, mc: ModelConfig, tokenizer_vocab: int, *,
-                   generative: bool, default_max_len: int | None = None, sparse: bool = False) -> ModelInfo:
+                   generative: bool, default_max_len: int | None = None, sparse: bool = False,
+                   multi_vector: bool = False) -> ModelInfo:
     """The ModelInfo of `folder` loaded as a model whose own config is `model_config`.
 
     Args:
         tokenizer_vocab: the tokenizer's vocabulary (token ids must fit it and the model's table).
         generative: a decoder with an LM head (LAST pooling, the generate task).
         default_max_len: a cap on the default context (decoders: the KV cache scales with it).
-        sparse: the model has a masked-LM head, so it also serves the sparse task (SPLADE).
+        sparse: the model has a sparse head (SPLADE's masked-LM head, bge-m3's sparse_linear), so it
+            also serves the sparse task.
+        multi_vector: the model has a multi-vector head (bge-m3's colbert_linear).
+        Either head adds the hybrid task: the dense vector and every other output from one forward.
     """
     st = folder.st
     limits = [st.max_seq_length, model_config.max_positions, _tokenizer_max_length(folder), default_max_len]
@@ -43,7 +47,8 @@ def describe_model(folder: ModelFolder, model_config: Any, mc: ModelConfig, toke
         pooling_type = str(pooler.get("pooling_type") or st.pooling_type or "CLS").upper()
         normalize = bool(pooler.get("normalize", st.normalize if st.is_sentence_transformer else False))
         tasks = (("classify", "score") if len(labels) == 1 else ("classify",)) if labels else EMBEDDING_TASKS
-        tasks += ("sparse",) if sparse else ()
+        tasks += (("sparse",) if sparse else ()) + (("multi_vector",) if multi_vector else ())
+        tasks += ("hybrid",) if (sparse or multi_vector) and not labels else ()
     return ModelInfo(
         architecture=folder.architecture,
         hidden_size=model_config.hidden_size,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ember.errors import UnsupportedModelError
+from ember.model.heads import OutputHeads
 
 POOLING_TYPES = ("CLS", "MEAN", "MAX", "LAST")
 
@@ -77,56 +79,60 @@ def activate(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def sparse_weights(logits: torch.Tensor) -> torch.Tensor:
-    """SPLADE's lexical weights from masked-LM logits of one row's tokens: max over the tokens of
-    log(1 + relu(logit)), [tokens, vocab] -> [vocab] (zero for most of the vocabulary)."""
-    return torch.log1p(torch.relu(logits.float())).amax(dim=0)
-
-
-def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[RowSpec], pooler: Pooler,
-                head: torch.nn.Module | None = None, multi_label: bool = False,
-                dense: torch.nn.Module | None = None, sparse_head: torch.nn.Module | None = None
-                ) -> list[torch.Tensor]:
-    """The output of every real row of a batch, in float32, whatever its task.
+def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor,
+                rows: Sequence[RowSpec], pooler: Pooler, heads: OutputHeads) -> list[Any]:
+    """The output of every real row of a batch, in float32, whatever its task: one forward
+    serves every kind of output (model/heads.py).
 
     Args:
         hidden: [batch, seq, hidden] last hidden states (rows past len(rows) are padding).
         attention_mask: [batch, seq] 0/1.
-        rows: per real row, its task: "embed" (a pooled vector: matryoshka cut, normalized),
-            "token_embed" ([tokens, hidden]), "classify" ([labels]) or "score" (a scalar tensor).
-        head: the classification head (logits from hidden states), for classify and score.
-        multi_label: the head's labels are independent (sigmoid per label).
-        dense: sentence-transformers Dense modules, run on pooled vectors before the cut and
-            normalization (model/dense.py).
-        sparse_head: the masked-LM head, for "sparse" rows ([vocab] lexical weights, SPLADE).
+        input_ids: [batch, seq] token ids (the sparse heads weigh vocabulary tokens).
+        rows: per real row, its task: "embed" (a pooled vector: Dense modules, matryoshka cut,
+            normalized), "token_embed" ([tokens, hidden]), "classify" ([labels]), "score" (a
+            scalar tensor), "sparse" ([vocab] weights), "multi_vector" ([tokens - 1, dim]) or
+            "hybrid" (a dict of the dense vector, and the sparse weights and multi-vector where
+            the model has their heads).
     """
     n = len(rows)
-    out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
-    embed = [i for i in range(n) if rows[i].task == "embed"]
-    if embed:
-        vectors = pooler(hidden[embed], attention_mask[embed])
-        if dense is not None:
-            vectors = dense(vectors)
-        pooled = postprocess(vectors, [rows[i].dimensions for i in embed], [rows[i].normalize for i in embed])
-        for j, i in enumerate(embed):
+    out: list[Any] = [None] * n
+    pooled = [i for i in range(n) if rows[i].task in ("embed", "hybrid")]
+    if pooled:
+        vectors = pooler(hidden[pooled], attention_mask[pooled])
+        if heads.dense is not None:
+            vectors = heads.dense(vectors)
+        cut = postprocess(vectors, [rows[i].dimensions for i in pooled], [rows[i].normalize for i in pooled])
+        for j, i in enumerate(pooled):
             dims = rows[i].dimensions
-            out[i] = pooled[j, :dims] if dims else pooled[j]
+            out[i] = cut[j, :dims] if dims else cut[j]
     scored = [i for i in range(n) if rows[i].task in ("classify", "score")]
     if scored:
-        assert head is not None, "classify/score rows need a model with a classification head"
-        logits = head(hidden[scored]).float()
-        scores = activate(logits, multi_label)
+        assert heads.classifier is not None, "classify/score rows need a model with a classification head"
+        logits = heads.classifier(hidden[scored], attention_mask[scored]).float()
+        scores = activate(logits, heads.multi_label)
         for j, i in enumerate(scored):
             value = scores[j] if rows[i].use_activation else logits[j]
             out[i] = value[0] if rows[i].task == "score" else value
     for i in range(n):
-        if rows[i].task == "sparse":
-            assert sparse_head is not None, "sparse rows need a model with a masked-LM head"
-            tokens = hidden[i, : int(attention_mask[i].sum())]
-            out[i] = sparse_weights(sparse_head(tokens.to(sparse_head.decoder.weight.dtype)))
-        if rows[i].task == "token_embed":
-            vecs = hidden[i, : int(attention_mask[i].sum())].float()
+        task = rows[i].task
+        if task in ("embed", "classify", "score"):
+            continue
+        length = int(attention_mask[i].sum())
+        tokens, ids = hidden[i, :length], input_ids[i, :length]
+        if task == "token_embed":
+            vecs = tokens.float()
             out[i] = F.normalize(vecs, dim=-1) if rows[i].normalize else vecs
+        elif task == "sparse":
+            assert heads.sparse is not None, "sparse rows need a model with a sparse head"
+            out[i] = heads.sparse(tokens, ids)
+        elif task == "multi_vector":
+            assert heads.multi_vector is not None, "multi_vector rows need a model with a multi-vector head"
+            out[i] = heads.multi_vector(tokens, rows[i].normalize)
+        elif task == "hybrid":
+            out[i] = {"dense": out[i],
+                      "sparse": heads.sparse(tokens, ids) if heads.sparse is not None else None,
+                      "multi_vector": (heads.multi_vector(tokens, rows[i].normalize)
+                                       if heads.multi_vector is not None else None)}
     return out
 
 

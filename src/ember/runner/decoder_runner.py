@@ -23,6 +23,7 @@ import torch
 
 from ember.config import EngineConfig
 from ember.model.gguf import find_gguf, tokenizer_folder
+from ember.model.heads import OutputHeads
 from ember.model.info import describe_model
 from ember.model.llama import decode_layer, prefill_layer
 from ember.model.loader import ModelFolder, build_model, read_json
@@ -183,7 +184,7 @@ class DecoderModelRunner:
         last = batch.attention_mask.sum(dim=1) - 1
         # clone: inputs made outside inference mode carry another dispatch key, which would recompile
         _, hidden, _ = self._run("prefill", batch.input_ids.clone(), last)  # [batch, seq, hidden]
-        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler)
+        return row_outputs(hidden[:n], batch.attention_mask[:n], batch.input_ids[:n], rows, self.pooler, OutputHeads())
 
     def _run(self, name: str, *args: torch.Tensor) -> Any:
         """Run with the compiled layer; after ready, a call that would recompile is counted and run eagerly."""

@@ -11,6 +11,7 @@ import torch
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
 from ember.model.dense import load_dense
+from ember.model.heads import M3_UNUSED_ROLES, OutputHeads, SpladeWeights, load_m3_heads, special_token_ids
 from ember.model.info import describe_model
 from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, RowSpec, row_outputs
@@ -50,11 +51,14 @@ class ModelRunner:
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
+        self.m3_heads = load_m3_heads(self.folder.path, self.model.config.hidden_size, self.model.config.vocab_size,
+                                      special_token_ids(self.folder.path, M3_UNUSED_ROLES, self.tokenizer.token_id))
+        """bge-m3's sparse and multi-vector heads, from the folder's sparse_linear.pt / colbert_linear.pt."""
+        self.heads = self._output_heads()
         self.info = describe_model(self.folder, self.model.config, mc, self.tokenizer.vocab_size, generative=False,
-                                   sparse=hasattr(self.model, "sparse_head"))
+                                   sparse=self.heads.sparse is not None,
+                                   multi_vector=self.heads.multi_vector is not None)
         self.pooler = Pooler(self.info.pooling_type)
-        self.dense = load_dense(self.folder.st.dense)
-        """sentence-transformers Dense modules after pooling (float32, eager), or None."""
         self.pair_segment_id = self._pair_segment_id()
         self.pad_id = self.model.config.pad_token_id
         self.plan = self._shape_plan()
@@ -112,11 +116,18 @@ class ModelRunner:
         self.quantization, self.int8, self._compiled = None, None, None
         self.dtype = resolve_dtype(self.config.model_config.dtype)
         self.model = build_model(self.folder, self.dtype)
+        self.heads = self._output_heads()
         self.plan = self._shape_plan()
 
-    @property
-    def _head(self) -> torch.nn.Module | None:
-        return getattr(self.model, "head", None)
+    def _output_heads(self) -> OutputHeads:
+        """What runs after the compiled graph, per output kind (model/heads.py). The classifier
+        and a SPLADE head belong to the model's checkpoint, so they follow a rebuilt model."""
+        sparse, multi_vector = self.m3_heads
+        if hasattr(self.model, "sparse_head"):
+            sparse = SpladeWeights(self.model.sparse_head)
+        return OutputHeads(classifier=getattr(self.model, "head", None),
+                           multi_label=self.folder.hf_config.get("problem_type") == "multi_label_classification",
+                           dense=load_dense(self.folder.st.dense), sparse=sparse, multi_vector=multi_vector)
 
     @torch.inference_mode()
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -228,7 +239,9 @@ class ModelRunner:
         """One row spec per output kind the model serves, so every postprocessing path is paid for."""
         if self.info.num_labels:
             return [RowSpec(task) for task in self.info.tasks] + [RowSpec("classify", use_activation=False)]
-        return [RowSpec("embed", normalize=True), RowSpec("embed", 2, True), RowSpec("token_embed", normalize=True)]
+        specs = [RowSpec("embed", normalize=True), RowSpec("embed", 2, True), RowSpec("token_embed", normalize=True)]
+        return specs + [RowSpec(task, normalize=True) for task in ("sparse", "multi_vector", "hybrid")
+                        if task in self.info.tasks]
 
     def mark_ready(self) -> None:
         self.counter.is_ready = True
@@ -238,8 +251,7 @@ class ModelRunner:
         """Forward one batch; returns per real row its float32 output (model/pooler.py: row_outputs)."""
         hidden = self._forward(batch)  # [batch, seq, hidden]
         n = batch.num_seqs
-        return row_outputs(hidden[:n], batch.attention_mask[:n], rows, self.pooler, self._head, self.info.multi_label,
-                           self.dense, getattr(self.model, "sparse_head", None))
+        return row_outputs(hidden[:n], batch.attention_mask[:n], batch.input_ids[:n], rows, self.pooler, self.heads)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
         inputs = (batch.input_ids, batch.attention_mask)

@@ -53,21 +53,29 @@ class EmbeddingRequest(_Request):
     """Tokens each chunk shares with the one before (default: an eighth of max_model_len)."""
     return_chunks: bool = False
     """With chunking: also return each chunk's vector and character span (data[i].chunks)."""
+    return_sparse: bool = False
+    """Also return each input's lexical weights (data[i].sparse_embedding: indices, values), from
+    the same forward: models with a sparse head (SPLADE, bge-m3)."""
+    return_multi_vector: bool = False
+    """Also return each input's ColBERT vectors (data[i].multi_vector: one list of floats per token
+    after the first, whatever encoding_format says), from the same forward: models with a
+    multi-vector head (bge-m3)."""
+    sparse_top_k: StrictInt | None = None
+    """Sparse weights: keep the k largest."""
+    sparse_threshold: float = 0.0
+    """Sparse weights: keep those above this."""
     user: str | None = None
 
 
 class PoolingRequest(EmbeddingRequest):
     input: Union[EmbeddingInput, list[tuple[StrictStr, StrictStr]]] = Field(  # type: ignore[assignment]
         description="as /v1/embeddings, or [text, text] pairs for a cross-encoder's classify and score tasks")
-    task: Literal["embed", "token_embed", "classify", "score", "sparse"] = "embed"
+    task: Literal["embed", "token_embed", "classify", "score", "sparse", "multi_vector", "hybrid"] = "embed"
     """embed: one vector per input; token_embed: one vector per token; classify: class scores;
-    score: a cross-encoder's score of each pair; sparse: lexical weights (SPLADE). /v1/models lists
-    the tasks of the model."""
+    score: a cross-encoder's score of each pair; sparse: lexical weights (SPLADE, bge-m3);
+    multi_vector: ColBERT vectors (bge-m3); hybrid: dense, sparse and multi-vector from one forward.
+    /v1/models lists the tasks of the model."""
     use_activation: bool | None = None
-    sparse_top_k: StrictInt | None = None
-    """sparse: keep the k largest weights."""
-    sparse_threshold: float = 0.0
-    """sparse: keep weights above this."""
 
 
 class ClassifyRequest(_Request):

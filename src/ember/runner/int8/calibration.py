@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ember.runner.int8.kernel import Int8Kernel
+from ember.runner.int8.kernel import FLOAT_HEADS, Int8Kernel
 from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,9 @@ def int8_template(model: nn.Module, kernel: Int8Kernel) -> nn.Module:
 
 def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
     """Give `model` the int8 structure: each nn.Linear for which `make` returns a module is
-    replaced by it, and every exact nn.GELU by RationalGELU (in the encoders Ember runs, each
-    feeds a linear). Returns how many linears were replaced."""
+    replaced by it, and every exact nn.GELU of the layers by RationalGELU (in the encoders Ember
+    runs, each feeds a linear; the heads keep theirs, as they keep float32 linears). Returns how
+    many linears were replaced."""
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
@@ -153,6 +154,6 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
             if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
                 setattr(parent, child_name, new)
                 replaced += 1
-            elif isinstance(child, nn.GELU) and child.approximate == "none":
+            elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
                 setattr(parent, child_name, RationalGELU())
     return replaced

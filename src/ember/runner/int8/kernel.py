@@ -26,6 +26,10 @@ import torch
 
 from ember.errors import InvalidRequestError
 
+FLOAT_HEADS = ("head.", "sparse_head.")
+"""Module paths of the heads, which stay float32 under int8 (linears and activations): they run
+once per row, after the compiled layers."""
+
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """/proc/cpuinfo flags of CPUs with int8 dot-product instructions, which make _int_mm fast."""
 
@@ -42,7 +46,7 @@ class Int8Kernel:
     def quantizes(self, name: str) -> bool:
         """Whether the linear at module path `name` runs in int8 with this kernel. Heads
         (`head.`, `sparse_head.`) stay float32: they run once per row, after the compiled layers."""
-        return not name.startswith(("head.", "sparse_head.")) and name.rsplit(".", 1)[-1] not in self.float_linears
+        return not name.startswith(FLOAT_HEADS) and name.rsplit(".", 1)[-1] not in self.float_linears
 
     def pack(self, weight_int8: torch.Tensor) -> torch.Tensor:
         """What the graph multiplies by, from the [in, out] int8 weight: the weight itself for

@@ -18,6 +18,7 @@ from ember.entrypoints.server.protocol import (
 )
 from ember.entrypoints.server.state import check_model, get_state, require_api_key
 from ember.errors import InvalidRequestError
+from ember.outputs import SparseEmbedding
 from ember.params import PoolingParams
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -25,10 +26,23 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, response_class=JSONBody)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    """One vector per input, in input order; `usage.prompt_tokens` counts the tokens embedded."""
-    model, results = await run_pooling(body, request, task="embed")
-    data = [embedding_item(i, r, body.encoding_format) for i, r in enumerate(results)]
+    """One vector per input, in input order; `usage.prompt_tokens` counts the tokens embedded.
+    return_sparse / return_multi_vector add the other outputs of the same forward (the hybrid task)."""
+    task = hybrid_task(body, get_state(request).engine.info.tasks)
+    model, results = await run_pooling(body, request, task=task)
+    data = [embedding_item(i, r, body) for i, r in enumerate(results)]
     return JSONBody({"object": "list", "data": data, "model": model, "usage": usage(results)})
+
+
+def hybrid_task(body: EmbeddingRequest, tasks: tuple[str, ...]) -> str:
+    """"hybrid" when the request asks for sparse or multi-vector outputs besides the vector, else
+    "embed"; InvalidRequestError naming the field when the model has no head for what it asks."""
+    for field, kind, heads in (("return_sparse", "sparse", "SPLADE or bge-m3's sparse_linear"),
+                               ("return_multi_vector", "multi_vector", "bge-m3's colbert_linear")):
+        if getattr(body, field) and kind not in tasks:
+            raise InvalidRequestError(f"{field}: this model has no {kind} head ({heads}); it serves: "
+                                      f"{', '.join(tasks)}", param=field)
+    return "hybrid" if body.return_sparse or body.return_multi_vector else "embed"
 
 
 async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request, *, task: str
@@ -42,16 +56,26 @@ async def run_pooling(body: EmbeddingRequest | PoolingRequest, request: Request,
                            use_activation=getattr(body, "use_activation", None),
                            prompt_name=prompt_name(state.engine.info.prompts, body.prompt_name, body.input_type),
                            long_inputs=body.long_inputs, chunk_overlap=body.chunk_overlap,
-                           return_chunks=body.return_chunks, sparse_top_k=getattr(body, "sparse_top_k", None),
-                           sparse_threshold=getattr(body, "sparse_threshold", 0.0))
+                           return_chunks=body.return_chunks, sparse_top_k=body.sparse_top_k,
+                           sparse_threshold=body.sparse_threshold)
     results = await state.engine.submit(task, body.input, params, is_disconnected=disconnect_waiter(request))
     return model, results
 
 
-def embedding_item(index: int, request: EngineRequest, encoding_format: str) -> dict[str, Any]:
-    """One data item: the vector, whether the input was truncated, and its chunks if it was chunked."""
-    item = {"object": "embedding", "index": index, "embedding": encode_vector(request.output.numpy(), encoding_format),
+def embedding_item(index: int, request: EngineRequest, body: EmbeddingRequest) -> dict[str, Any]:
+    """One data item: the vector, whether the input was truncated, its chunks if it was chunked,
+    and the sparse weights and multi-vector when the request asked for them."""
+    encoding_format = body.encoding_format
+    output = request.output
+    dense = output["dense"] if isinstance(output, dict) else output
+    item = {"object": "embedding", "index": index, "embedding": encode_vector(dense.numpy(), encoding_format),
             "truncated": bool(getattr(request, "truncated", False))}
+    if isinstance(output, dict):
+        if body.return_sparse:
+            sparse = SparseEmbedding.from_weights(output["sparse"].numpy(), body.sparse_top_k, body.sparse_threshold)
+            item["sparse_embedding"] = {"indices": sparse.indices.tolist(), "values": sparse.values.tolist()}
+        if body.return_multi_vector:  # always floats: the openai client asks for base64 unbidden, and
+            item["multi_vector"] = output["multi_vector"].numpy()  # decodes `embedding` only
     chunks = chunks_of(request)
     if chunks is not None:
         item["chunks"] = [{"start": c.start, "end": c.end, "tokens": c.num_tokens,
