@@ -256,3 +256,82 @@ def build_tiny_qwen3(folder: Path, *, embedder: bool = False) -> Path:
     if embedder:
         write_st_modules(folder, 32, "LAST", True, 128)
     return folder
+
+
+def build_tiny_modernbert(folder: Path, *, num_labels: int = 0, classifier_pooling: str = "cls",
+                          local_attention: int = 8) -> Path:
+    """ModernBERT: 3 layers, global-local-global (global_attn_every_n_layers=2), a local window of
+    `local_attention` tokens (shorter than the test texts, so the local mask matters), two RoPE
+    bases. num_labels > 0: a ModernBertForSequenceClassification checkpoint (no sentence-
+    transformers files); else a ModernBertModel with MEAN pooling + Normalize."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("[CLS]", "[SEP]"), segment_ids=False,
+                                           model_max_length=128)
+    labels = {0: "relevance"} if num_labels == 1 else {i: LABELS_3.get(i, f"LABEL_{i}") for i in range(num_labels)}
+    config = transformers.ModernBertConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=128, global_attn_every_n_layers=2, local_attention=local_attention,
+        global_rope_theta=160_000.0, local_rope_theta=10_000.0, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        cls_token_id=2, sep_token_id=3, initializer_range=0.2, classifier_pooling=classifier_pooling,
+        **({"num_labels": num_labels, "id2label": labels, "label2id": {v: k for k, v in labels.items()}}
+           if num_labels else {}))
+    torch.manual_seed(0)
+    cls = transformers.ModernBertForSequenceClassification if num_labels else transformers.ModernBertModel
+    cls(config).eval().save_pretrained(folder, safe_serialization=True)
+    if not num_labels:
+        write_st_modules(folder, 32, "MEAN", True, 128)
+    return folder
+
+
+EMBEDDING_GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
+
+
+def build_tiny_embedding_gemma(folder: Path, *, sliding_window: int = 8) -> Path:
+    """EmbeddingGemma's layout: a bidirectional Gemma3TextModel (GQA, q/k norms, sliding and full
+    layers with two RoPE bases), MEAN pooling, two Dense modules (32 -> 64 -> 32, no activation)
+    and Normalize, with query/document prompts in config_sentence_transformers.json."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
+                "mask_token": "<mask>"}
+    vocab_size = build_wordpiece_tokenizer(folder, specials, ("<bos>", "<eos>"), segment_ids=False,
+                                           model_max_length=128)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=128,
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, use_bidirectional_attention=True,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, initializer_range=0.2)
+    config.architectures = ["Gemma3TextModel"]
+    torch.manual_seed(0)
+    model = transformers.Gemma3TextModel(config).eval()
+    with torch.no_grad():  # Gemma's norms store (scale - 1): draw them away from 0 so they matter
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0.0, 0.3)
+    model.save_pretrained(folder, safe_serialization=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    for path, (n_in, n_out) in (("2_Dense", (32, 64)), ("3_Dense", (64, 32))):
+        from safetensors.torch import save_file
+
+        write_json(folder / path / "config.json", {"in_features": n_in, "out_features": n_out, "bias": False,
+                                                   "activation_function": "torch.nn.modules.linear.Identity"})
+        save_file({"linear.weight": torch.randn(n_out, n_in) * 0.3}, str(folder / path / "model.safetensors"))
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": 128, "do_lower_case": False})
+    write_json(folder / "config_sentence_transformers.json", {"prompts": EMBEDDING_GEMMA_PROMPTS,
+                                                              "default_prompt_name": None,
+                                                              "similarity_fn_name": "cosine"})
+    return folder

@@ -20,11 +20,16 @@ _ENCODERS: dict[str, tuple[str, str]] = {
     "MPNetModel": ("ember.model.mpnet", "MPNetModel"),
     "MPNetForMaskedLM": ("ember.model.mpnet", "MPNetModel"),
     "DistilBertForMaskedLM": ("ember.model.distilbert", "DistilBertModel"),
+    "ModernBertModel": ("ember.model.modernbert", "ModernBertModel"),
+    "ModernBertForMaskedLM": ("ember.model.modernbert", "ModernBertModel"),
     # Sequence classification: cross-encoders (one label) and classifiers.
     "DistilBertForSequenceClassification": ("ember.model.distilbert", "DistilBertForSequenceClassification"),
     "BertForSequenceClassification": ("ember.model.bert", "BertForSequenceClassification"),
     "RobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
     "XLMRobertaForSequenceClassification": ("ember.model.bert", "RobertaForSequenceClassification"),
+    "ModernBertForSequenceClassification": ("ember.model.modernbert", "ModernBertForSequenceClassification"),
+    # Gemma3 text encoders (EmbeddingGemma: bidirectional), served by the encoder runner.
+    "Gemma3TextModel": ("ember.model.gemma3", "Gemma3TextEncoder"),
     # Decoders without an LM head: LAST-token embedders, served by the encoder runner.
     "LlamaModel": ("ember.model.llama", "LlamaModel"),
     "Qwen2Model": ("ember.model.llama", "LlamaModel"),
@@ -42,6 +47,8 @@ _MODEL_TYPES: dict[str, str] = {
     "xlm-roberta": "XLMRobertaModel",
     "distilbert": "DistilBertModel",
     "mpnet": "MPNetModel",
+    "modernbert": "ModernBertModel",
+    "gemma3_text": "Gemma3TextModel",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
