@@ -76,3 +76,20 @@ def test_sequence_classification_head_equals_transformers(tmp_path: Path, num_la
         scores = [o.outputs.score for o in llm.score(PAIRS[0][0], [b for _, b in PAIRS[:5]])]
         np.testing.assert_allclose(scores, torch.sigmoid(torch.tensor(ref[:5, 0])).numpy(), atol=1e-5)
     assert llm.stats()["compiles_after_ready"] == 0
+
+
+def test_the_default_runs_int8_where_the_cpu_has_a_kernel(embedder: Path) -> None:
+    """ModernBERT gets int8 by default like BERT (its layers differ, so the whole int8 model is one
+    graph); the gate is relaxed here because random tiny weights say nothing about a real model's."""
+    from ember.runner.device import cpu_flags
+    from ember.runner.int8 import choose_kernel, resolve_quantization
+
+    llm = LLM(str(embedder), quantization_min_cosine=0.5, max_num_seqs=8)
+    int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags())) == "int8"
+    stats = llm.stats()
+    assert stats["quantization"] == ("int8" if int8 else None) and stats["compiles_after_ready"] == 0
+    reference = LLM(str(embedder), dtype="float32", enforce_eager=True, quantization=None)
+    ours = np.stack([o.outputs.data for o in llm.embed(TEXTS)])
+    ref = np.stack([o.outputs.data for o in reference.embed(TEXTS)])
+    check_close(ours=ours, ref=ref, name_ours="default", name_ref="float32", tol=0.05, label="modernbert int8")
+    assert stats["compiles_after_ready"] == llm.stats()["compiles_after_ready"] == 0
