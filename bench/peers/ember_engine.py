@@ -14,8 +14,8 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
 
     llm = LLM(job["model"], **job["options"])
 
-    def embed(texts: list[str]) -> np.ndarray:
-        outs = llm.embed(texts, truncate_prompt_tokens=-1)
+    def embed(texts: list[str]) -> np.ndarray:  # truncated where the peers truncate (job["max_len"])
+        outs = llm.embed(texts, truncate_prompt_tokens=min(job["max_len"], llm.model_info.max_model_len))
         return np.stack([o.outputs.data for o in outs])
 
     stats = llm.stats()
