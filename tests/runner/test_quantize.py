@@ -12,7 +12,7 @@ import torch
 from ember import LLM
 from ember.errors import InvalidRequestError
 from ember.runner.device import cpu_flags
-from ember.runner.int8 import QuantizationQualityError, choose_kernel, resolve_quantization
+from ember.runner.int8 import Int8Kernel, QuantizationQualityError, choose_kernel, keeps_rung, resolve_quantization
 from ember.runner.int8.calibration import (
     SMOOTHING_ALPHAS,
     LinearInputs,
@@ -225,8 +225,6 @@ def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_pa
     np.testing.assert_array_equal(_vectors(first, texts), _vectors(second, texts))
     measured = first.stats()["quantization_min_cosine_measured"]
     assert second.stats()["quantization_min_cosine_measured"] == measured
-    with pytest.raises(QuantizationQualityError, match=f"{measured:.8f}"):
-        LLM(str(tiny_bert), **{**kwargs, "quantization_min_cosine": 1.0})
 
     caplog.clear()
     with caplog.at_level("INFO", logger="ember.runner.int8.mode"):  # a 1-CPU Ray actor beside a 2-thread server
@@ -241,6 +239,38 @@ def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_pa
     assert "ignoring unreadable int8 cache entry" in caplog.text
     np.testing.assert_allclose(_vectors(third, texts), _vectors(first, texts), atol=1e-6)
     assert stored[0].stat().st_size > 1000  # rewritten
+
+    with pytest.raises(QuantizationQualityError, match=r"lowest cosine against float32 is [01]\.\d{8}"):
+        LLM(str(tiny_bert), **{**kwargs, "quantization_min_cosine": 1.0})  # stored or not, the gate applies
+
+
+def test_a_rung_close_to_the_gate_gives_way_to_the_stricter_one(tiny_bert, tmp_path, caplog):
+    """Every linear in int8, measured right at the gate (so short of its headroom), gives way to
+    the rung with ffn_out in float32, calibrated again from the float32 weights; a restart loads
+    that rung's stored layers, and a rung with headroom is kept."""
+    kwargs = {"quantization": "int8", "int8_kernel": "int_mm", "enforce_eager": True,
+              "compile_cache_dir": str(tmp_path), **SMALL}
+    loose = LLM(str(tiny_bert), quantization_min_cosine=0.5, **kwargs)
+    assert loose.stats()["int8_kernel"] == "int_mm"
+    at_the_gate = loose.stats()["quantization_min_cosine_measured"]
+    assert not keeps_rung(at_the_gate, at_the_gate) and keeps_rung(at_the_gate, 0.5)
+    with caplog.at_level("INFO", logger="ember.runner.model_runner"):
+        strict = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
+    assert "too close to the gate" in caplog.text
+    stats = strict.stats()
+    assert stats["int8_kernel"] == "int_mm-float-ffn_out" and stats["quantization"] == "int8"
+    assert stats["quantization_min_cosine_measured"] >= at_the_gate
+    assert len(list(tmp_path.glob("int8-*.pt"))) == 2  # one per rung
+    again = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
+    texts = ["quick brown fox", "jumps over the lazy dog " * 5]
+    np.testing.assert_array_equal(_vectors(again, texts), _vectors(strict, texts))
+
+
+def test_the_stricter_rung_keeps_ffn_out_in_float32():
+    assert INT_MM.stricter() == Int8Kernel("int_mm", 255, float_linears=("ffn_out",))
+    assert INT_MM.stricter().label == "int_mm-float-ffn_out" and INT_MM.label == "int_mm"
+    assert ONEDNN.stricter() is None  # its ffn_out is float32 already
+    assert not INT_MM.stricter().quantizes("layers.0.ffn_out") and INT_MM.quantizes("layers.0.ffn_out")
 
 
 def test_the_gate_refuses_a_model_below_the_threshold(tiny_bert):

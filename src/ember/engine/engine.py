@@ -154,6 +154,7 @@ class Engine:
             "is_compiled": not self.config.compile_config.enforce_eager,
             "quantization": self.runner.quantization,
             "quantization_min_cosine_measured": self.runner.quantization_cosine,
+            "int8_kernel": self.runner.int8_kernel,
             "tasks": list(self.info.tasks),
             **(self.generation.stats() if self.generation is not None else {}),
         }

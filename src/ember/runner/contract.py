@@ -30,6 +30,9 @@ class Runner(Protocol):
     @property
     def quantization_cosine(self) -> float | None: ...
 
+    @property
+    def int8_kernel(self) -> str | None: ...
+
     def compile(self) -> float:
         """Compile (or load the compiled graph); returns the seconds it took."""
 

@@ -62,6 +62,7 @@ class DecoderModelRunner:
         self.quantization: str | None = None
         """Decoders always run float (an explicit int8 is refused at load)."""
         self.quantization_cosine: float | None = None
+        self.int8_kernel: str | None = None
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
         gguf_file = find_gguf(self.folder.path)

@@ -68,10 +68,7 @@ class ModelRunner:
         """The int8 lifecycle while quantization is "int8" (None in float)."""
         self._calibration_pending = False
         if self.quantization == "int8":
-            kernel = kernel or int8.INT_MM  # asked for on a CPU without a fast kernel: the portable one
-            self.int8 = int8.Int8Mode(kernel, self._int8_layers_path(kernel), mc.quantization_min_cosine,
-                                      required=mc.quantization == "int8", embed_texts=self._embed_texts,
-                                      compare=int8.score_agreement if self.info.num_labels else None)
+            self.int8 = self._int8_mode(kernel or int8.INT_MM)  # asked for without a fast kernel: the portable one
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
@@ -88,6 +85,11 @@ class ModelRunner:
         """The int8 gate's measurement (None in float)."""
         return self.int8.measured if self.int8 is not None else None
 
+    @property
+    def int8_kernel(self) -> str | None:
+        """The int8 rung that runs, e.g. "int_mm" or "int_mm-float-ffn_out" (None in float)."""
+        return self.int8.kernel.label if self.int8 is not None else None
+
     def _prepare_int8(self) -> None:
         """Load the stored int8 layers; else calibrate now if the model runs eagerly, or leave the
         calibration to compile(), which runs it while the graph builds."""
@@ -101,20 +103,40 @@ class ModelRunner:
         else:
             self._calibration_pending = True
 
+    def _int8_mode(self, kernel: int8.Int8Kernel) -> int8.Int8Mode:
+        mc = self.config.model_config
+        return int8.Int8Mode(kernel, self._int8_layers_path(kernel), mc.quantization_min_cosine,
+                             required=mc.quantization == "int8", embed_texts=self._embed_texts,
+                             compare=int8.score_agreement if self.info.num_labels else None)
+
     def _int8_layers_path(self, kernel: int8.Int8Kernel) -> Path | None:
         # The key covers the model files, plan, versions, the kernel, and the code and texts of int8/.
         cache_dir = self._cache_dir()
-        key = self._cache_key(f"int8-layers-{kernel.name}", per_thread_count=False)
+        key = self._cache_key(f"int8-layers-{kernel.label}", per_thread_count=False)
         return cache_dir / f"int8-{key}.pt" if cache_dir else None
 
     def _apply_gate(self) -> None:
-        """Keep int8 if it passes its gate; else (quantization="auto") run the float model, with
-        the float batch budget."""
+        """Keep int8 if it passes its gate; a rung that lands close to the bar (gate.keeps_rung)
+        gives way to the stricter one, which starts over from the float32 weights; below the gate
+        with no rung left, quantization="auto" runs the float model, with the float batch budget."""
         assert self.int8 is not None
+        stricter = self.int8.kernel.stricter()
+        if stricter is not None and not int8.keeps_rung(self.int8.measured, self.int8.min_cosine):
+            logger.info("int8 (%s): %.6f against float32 on the probe set, too close to the gate %s; trying %s",
+                        self.int8.kernel.label, self.int8.measured, self.int8.min_cosine, stricter.label)
+            self._rebuild(torch.float32)
+            self.int8 = self._int8_mode(stricter)
+            self._prepare_int8()
+            return
         if self.int8.passes_gate():
             return
-        self.quantization, self.int8, self._compiled = None, None, None
-        self.dtype = resolve_dtype(self.config.model_config.dtype)
+        self.quantization, self.int8 = None, None
+        self._rebuild(resolve_dtype(self.config.model_config.dtype))
+
+    def _rebuild(self, dtype: torch.dtype) -> None:
+        """A fresh model from the folder's weights (the int8 one was quantized in place)."""
+        self._compiled = None
+        self.dtype = dtype
         self.model = build_model(self.folder, self.dtype)
         self.heads = self._output_heads()
         self.plan = self._shape_plan()
@@ -179,7 +201,7 @@ class ModelRunner:
         if template is not None and mode is not None:
             mode.measure_and_store(self.model)
             self._apply_gate()
-            if self.quantization is None:  # the gate sent it back to float: compile that
+            if self._compiled is None:  # the gate sent it to the stricter rung or back to float: compile that
                 seconds += self.compile()
         return seconds
 
@@ -197,7 +219,7 @@ class ModelRunner:
 
     def _variant(self) -> str | None:
         """What the compiled package's key says runs: None (float) or "int8-<kernel>"."""
-        return f"int8-{self.int8.kernel.name}" if self.int8 is not None else None
+        return f"int8-{self.int8.kernel.label}" if self.int8 is not None else None
 
     def warm_up(self) -> tuple[float, int]:
         """Run every shape of the plan once (first-call costs are paid here). Returns (seconds

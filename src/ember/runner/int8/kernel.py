@@ -20,6 +20,7 @@ kernel's instructions int8 is not the default.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,18 @@ class Int8Kernel:
     float_linears: tuple[str, ...] = ()
     """Linears (by attribute name) that stay in float32 with this kernel."""
 
+    @property
+    def label(self) -> str:
+        """The kernel and the linears it keeps in float32, e.g. "int_mm" or "onednn-float-ffn_out":
+        what the cache keys and the engine's stats say runs."""
+        return "-".join([self.name, *(f"float-{linear}" for linear in self.float_linears)])
+
+    def stricter(self) -> Int8Kernel | None:
+        """The same kernel with STRICTER_FLOAT_LINEARS in float32 too (None when it already keeps
+        them): the second rung the gate tries when this one lands too close to its bar."""
+        extra = tuple(linear for linear in STRICTER_FLOAT_LINEARS if linear not in self.float_linears)
+        return dataclasses.replace(self, float_linears=self.float_linears + extra) if extra else None
+
     def quantizes(self, name: str) -> bool:
         """Whether the linear at module path `name` runs in int8 with this kernel. Heads
         (`head.`, `sparse_head.`) stay float32: they run once per row, after the compiled layers."""
@@ -63,6 +76,10 @@ class Int8Kernel:
             return {}
         return {"x_scale": torch.tensor(1.0), "x_zp": torch.tensor(0, dtype=torch.int32)}
 
+
+STRICTER_FLOAT_LINEARS = ("ffn_out",)
+"""What the stricter rung keeps in float32: ffn_out, fed by the GELU (4x the hidden width, a few
+large values per row), carries most of the int8 error in every encoder measured (docs/int8.md)."""
 
 INT_MM = Int8Kernel("int_mm", 255)
 ONEDNN = Int8Kernel("onednn", 127, float_linears=("ffn_out",))
