@@ -109,7 +109,13 @@ def test_the_package_shares_the_model_weights_instead_of_copying_them(tiny_bert,
 
 
 def test_other_threads_run_while_the_compiled_model_runs(tiny_bert, tmp_path):
-    """The forward releases the GIL: the server's event loop must not stall behind a batch."""
+    """The forward releases the GIL: the server's event loop must not stall behind a batch.
+
+    With a switch interval longer than the whole run, a thread that kept the GIL through its C
+    call would give it up only when it ends: the main thread, waking from its short sleeps, could
+    then not record a single tick inside a forward. The sleeps keep the main thread off the CPU, so
+    the count does not depend on how busy the machine is."""
+    import sys
     import threading
     import time
 
@@ -127,13 +133,18 @@ def test_other_threads_run_while_the_compiled_model_runs(tiny_bert, tmp_path):
                 graph.run(ids, mask)
                 calls.append((start, time.perf_counter()))
 
-    worker = threading.Thread(target=forwards)
-    worker.start()
-    while worker.is_alive():
-        ticks.append(time.perf_counter())
-    worker.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(60.0)
+    try:
+        worker = threading.Thread(target=forwards)
+        worker.start()
+        while worker.is_alive():
+            time.sleep(0.0002)
+            ticks.append(time.perf_counter())
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
     overlapped = sum(any(start < t < end for t in ticks) for start, end in calls)
-    # Holding the GIL, a tick could only land in the few bytecodes around the C call.
     assert overlapped >= len(calls) // 2, f"{overlapped} of {len(calls)} forwards overlapped the main thread"
 
 
