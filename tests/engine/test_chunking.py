@@ -5,6 +5,7 @@ chunk's vector equals that window embedded alone, and the spans index the origin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +55,9 @@ def weighted_mean(llm: LLM, windows: list[list[int]]) -> np.ndarray:
 
 
 def test_a_long_text_is_the_weighted_mean_of_its_windows(llm: LLM, tiny_bert: Path) -> None:
-    text = long_text(300)
+    text = long_text(5000)
     windows, spans = reference_windows(tiny_bert, text, OVERLAP)
-    assert len(windows) >= 4
+    assert len(windows) >= 80
     params = PoolingParams(long_inputs="chunk", chunk_overlap=OVERLAP, return_chunks=True)
     [out] = llm.embed([text], pooling_params=params)
     assert out.is_chunked and not out.truncated
@@ -65,10 +66,15 @@ def test_a_long_text_is_the_weighted_mean_of_its_windows(llm: LLM, tiny_bert: Pa
     assert out.num_prompt_tokens == sum(len(w) for w in windows)  # usage counts every chunk's tokens
     check_close(ours=out.outputs.embedding, ref=weighted_mean(llm, windows), name_ours="chunked",
                 name_ref="windows", tol=1e-6)
-    for chunk, window in zip(out.chunks, windows):
+    alone = llm.embed([text[c.start:c.end] for c in out.chunks])  # each chunk's text as an input of its own
+    for chunk, window, own in zip(out.chunks, windows, alone):
         check_close(ours=chunk.embedding, ref=llm.embed([window])[0].outputs.embedding, name_ours="chunk",
                     name_ref="window alone", tol=1e-6)
+        check_close(ours=chunk.embedding, ref=own.outputs.embedding, name_ours="chunk", name_ref="its text alone",
+                    tol=1e-5)
     assert out.chunks[0].start == 0 and out.chunks[-1].end == len(text)
+    covered = sorted((c.start, c.end) for c in out.chunks)  # the spans cover the text: no gap between them
+    assert all(start <= previous_end for (_, previous_end), (start, _) in itertools.pairwise(covered))
 
 
 def test_chunked_texts_share_batches_without_changing_the_others(llm: LLM, tiny_bert: Path) -> None:
