@@ -246,24 +246,36 @@ def test_int8_layers_are_stored_and_reused_under_the_same_gate(tiny_bert, tmp_pa
 
 def test_a_rung_close_to_the_gate_gives_way_to_the_stricter_one(tiny_bert, tmp_path, caplog):
     """Every linear in int8, measured right at the gate (so short of its headroom), gives way to
-    the rung with ffn_out in float32, calibrated again from the float32 weights; a restart loads
-    that rung's stored layers, and a rung with headroom is kept."""
+    the rung with ffn_out in float32, inherited from the first rung's calibration (one calibration
+    run in all) and equal to that rung calibrated on its own; a restart loads that rung's stored
+    layers, and a rung with headroom is kept."""
     kwargs = {"quantization": "int8", "int8_kernel": "int_mm", "enforce_eager": True,
               "compile_cache_dir": str(tmp_path), **SMALL}
     loose = LLM(str(tiny_bert), quantization_min_cosine=0.5, **kwargs)
     assert loose.stats()["int8_kernel"] == "int_mm"
     at_the_gate = loose.stats()["quantization_min_cosine_measured"]
     assert not keeps_rung(at_the_gate, at_the_gate) and keeps_rung(at_the_gate, 0.5)
-    with caplog.at_level("INFO", logger="ember.runner.model_runner"):
+    [first_rung] = tmp_path.glob("int8-*.pt")
+    first_rung.unlink()  # so that the strict engine calibrates the first rung itself
+    with caplog.at_level("INFO", logger="ember.runner"):
         strict = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
     assert "too close to the gate" in caplog.text
+    assert caplog.text.count("linear layers calibrated") == 1 and "back in float32" in caplog.text
     stats = strict.stats()
     assert stats["int8_kernel"] == "int_mm-float-ffn_out" and stats["quantization"] == "int8"
     assert stats["quantization_min_cosine_measured"] >= at_the_gate
-    assert len(list(tmp_path.glob("int8-*.pt"))) == 2  # one per rung
-    again = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
+    stored = {p: p.stat().st_mtime_ns for p in tmp_path.glob("int8-*.pt")}
+    assert len(stored) == 2  # one per rung
     texts = ["quick brown fox", "jumps over the lazy dog " * 5]
+    again = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
     np.testing.assert_array_equal(_vectors(again, texts), _vectors(strict, texts))
+    max(stored, key=stored.get).unlink()  # the second rung's layers: now calibrated on their own
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ember.runner"):
+        calibrated = LLM(str(tiny_bert), quantization_min_cosine=at_the_gate, **kwargs)
+    assert caplog.text.count("linear layers calibrated") == 1 and "back in float32" not in caplog.text
+    assert calibrated.stats()["int8_kernel"] == "int_mm-float-ffn_out"
+    np.testing.assert_array_equal(_vectors(calibrated, texts), _vectors(strict, texts))
 
 
 def test_the_stricter_rung_keeps_ffn_out_in_float32():

@@ -117,27 +117,46 @@ class ModelRunner:
 
     def _apply_gate(self) -> None:
         """Keep int8 if it passes its gate; a rung that lands close to the bar (gate.keeps_rung)
-        gives way to the stricter one, which starts over from the float32 weights; below the gate
-        with no rung left, quantization="auto" runs the float model, with the float batch budget."""
+        gives way to the stricter one (_next_rung); below the gate with no rung left,
+        quantization="auto" runs the float model, with the float batch budget."""
         assert self.int8 is not None
         stricter = self.int8.kernel.stricter()
         if stricter is not None and not int8.keeps_rung(self.int8.measured, self.int8.min_cosine):
             logger.info("int8 (%s): %.6f against float32 on the probe set, too close to the gate %s; trying %s",
                         self.int8.kernel.label, self.int8.measured, self.int8.min_cosine, stricter.label)
-            self._rebuild(torch.float32)
-            self.int8 = self._int8_mode(stricter)
-            self._prepare_int8()
+            self._next_rung(stricter)
             return
         if self.int8.passes_gate():
             return
         self.quantization, self.int8 = None, None
         self._rebuild(resolve_dtype(self.config.model_config.dtype))
 
-    def _rebuild(self, dtype: torch.dtype) -> None:
-        """A fresh model from the folder's weights (the int8 one was quantized in place)."""
+    def _next_rung(self, kernel: int8.Int8Kernel) -> None:
+        """Run `kernel`'s rung: its stored layers if the cache has them; else, when this process
+        just calibrated the rung before, that calibration with more linears in float32 (no
+        second calibration run); else a calibration from the float32 weights."""
+        previous, self.int8 = self.int8, self._int8_mode(kernel)
+        self._compiled = None
+        float_model = build_model(self.folder, torch.float32)
+        if self.int8.load_stored(float_model):
+            self._rebuild(torch.float32, float_model)
+            self._apply_gate()
+            return
+        if not previous.can_hand_down():  # the rung before came from the cache
+            self._rebuild(torch.float32, float_model)
+            self._prepare_int8()
+            return
+        self.int8.inherit(previous, self.model, float_model)
+        if self.config.compile_config.enforce_eager:
+            self.int8.measure_and_store(self.model)
+            self._apply_gate()
+        # else compile() builds this rung's graph and then measures it
+
+    def _rebuild(self, dtype: torch.dtype, model: torch.nn.Module | None = None) -> None:
+        """A fresh model from the folder's weights (the int8 one was quantized in place), or `model`."""
         self._compiled = None
         self.dtype = dtype
-        self.model = build_model(self.folder, self.dtype)
+        self.model = model if model is not None else build_model(self.folder, self.dtype)
         self.heads = self._output_heads()
         self.plan = self._shape_plan()
 
@@ -198,7 +217,7 @@ class ModelRunner:
                     "loaded from cache" if graph.from_cache else "compiled", graph.compile_s + graph.load_s,
                     graph.compile_s, graph.load_s, f": {graph.path}" if graph.path else "")
         seconds = graph.compile_s + graph.load_s
-        if template is not None and mode is not None:
+        if mode is not None and mode.awaits_measure:  # calibrated meanwhile, or inherited from the rung before
             mode.measure_and_store(self.model)
             self._apply_gate()
             if self._compiled is None:  # the gate sent it to the stricter rung or back to float: compile that

@@ -157,3 +157,17 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
             elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
                 setattr(parent, child_name, RationalGELU())
     return replaced
+
+
+def swap_int8_back(model: nn.Module, make: Callable[[str], nn.Module | None]) -> int:
+    """Replace each Int8Linear of `model` for which `make` returns a module (its float32 linear)
+    by it; returns how many. The GELUs stay RationalGELU: int8_template and quantize_int8 give
+    every rung that structure, whichever linears it keeps in float32."""
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if isinstance(child, Int8Linear) and (new := make(name)) is not None:
+                setattr(parent, child_name, new)
+                replaced += 1
+    return replaced

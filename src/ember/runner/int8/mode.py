@@ -2,6 +2,7 @@
 
     load_stored()                       a restart: the calibrated layers come from the cache
     or calibrate() [while the graph builds from int8_template()] -> measure_and_store()
+    or inherit() from the rung before   its calibration, with more linears back in float32
     then passes_gate()                  keep int8, refuse to start, or hand back to float
 
 The gate: before quantizing, the float32 model embeds the probe texts (disjoint from the
@@ -24,6 +25,7 @@ from ember.runner.int8.calibration import (
     capture_linear_inputs,
     int8_template,
     quantize_int8,
+    swap_int8_back,
 )
 from ember.runner.int8.gate import QuantizationQualityError, enforce_gate, lowest_cosine
 from ember.runner.int8.kernel import Int8Kernel
@@ -51,6 +53,9 @@ class Int8Mode:
         self.measured: float | None = None
         """The probe set's lowest cosine against float32, once measured (or loaded)."""
         self._probe: tuple[list[str], torch.Tensor] | None = None
+        """The probe texts and the float32 model's outputs on them, once this process calibrated."""
+        self.awaits_measure = False
+        """Calibrated (or inherited) in this process, not measured on the probe set yet."""
 
     def load_stored(self, model: nn.Module) -> bool:
         """Swap in the stored layers if there are any; an unreadable entry is recalibrated."""
@@ -78,14 +83,32 @@ class Int8Mode:
         replaced = quantize_int8(model, captured, self.kernel)
         del captured
         release_free_memory()
-        logger.info("int8 (%s kernel): %d linear layers calibrated on %d texts", self.kernel.name, replaced,
+        self.awaits_measure = True
+        logger.info("int8 (%s): %d linear layers calibrated on %d texts", self.kernel.label, replaced,
                     len(calibration))
+
+    def can_hand_down(self) -> bool:
+        """Whether this rung calibrated in this process, so that the next rung can inherit it."""
+        return self._probe is not None
+
+    def inherit(self, previous: Int8Mode, model: nn.Module, float_model: nn.Module) -> None:
+        """Become the next rung from `previous`'s calibration of `model`, without calibrating
+        again: the linears this kernel keeps in float32 get `float_model`'s back, and every other
+        Int8Linear is what calibrating with this kernel would give, since each linear's choice
+        depends only on what it saw in the float32 model. The probe set's float32 reference
+        carries over too; the rung is measured next (measure_and_store)."""
+        assert previous.can_hand_down(), "the previous rung did not calibrate in this process"
+        float_linears = dict(float_model.named_modules())
+        replaced = swap_int8_back(model, lambda name: None if self.kernel.quantizes(name) else float_linears[name])
+        self._probe, self.awaits_measure = previous._probe, True
+        logger.info("int8 (%s): %d linear layers back in float32, the others as calibrated", self.kernel.label,
+                    replaced)
 
     def measure_and_store(self, model: nn.Module) -> None:
         """Measure the int8 model (compiled, if it is) on the probe set and store the layers."""
         assert self._probe is not None, "calibrate() first"
         probe, reference = self._probe
-        self._probe = None
+        self.awaits_measure = False
         self.measured = self._compare(reference, self._embed_texts(probe))
         if self.layers_path is not None:
             try:
@@ -105,6 +128,6 @@ class Int8Mode:
                            "quantization_min_cosine=%s: running the float model instead", self.measured,
                            self._measure_name, self.min_cosine)
             return False
-        logger.info("int8 (%s kernel): %s vs float32 on the probe set %.4f (gate %.4f)", self.kernel.name,
+        logger.info("int8 (%s): %s vs float32 on the probe set %.4f (gate %.4f)", self.kernel.label,
                     self._measure_name, self.measured, self.min_cosine)
         return True
