@@ -148,14 +148,12 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
     runs, each feeds a linear; the heads keep theirs, as they keep float32 linears). Returns how
     many linears were replaced."""
     replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
-                setattr(parent, child_name, new)
-                replaced += 1
-            elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
-                setattr(parent, child_name, RationalGELU())
+    for parent, child_name, name, child in _children(model):
+        if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
+            setattr(parent, child_name, new)
+            replaced += 1
+        elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
+            setattr(parent, child_name, RationalGELU())
     return replaced
 
 
@@ -164,10 +162,15 @@ def swap_int8_back(model: nn.Module, make: Callable[[str], nn.Module | None]) ->
     by it; returns how many. The GELUs stay RationalGELU: int8_template and quantize_int8 give
     every rung that structure, whichever linears it keeps in float32."""
     replaced = 0
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            if isinstance(child, Int8Linear) and (new := make(name)) is not None:
-                setattr(parent, child_name, new)
-                replaced += 1
+    for parent, child_name, name, child in _children(model):
+        if isinstance(child, Int8Linear) and (new := make(name)) is not None:
+            setattr(parent, child_name, new)
+            replaced += 1
     return replaced
+
+
+def _children(model: nn.Module) -> list[tuple[nn.Module, str, str, nn.Module]]:
+    """Every (parent, child's attribute name, child's module path, child) of `model`, listed
+    before any is replaced."""
+    return [(parent, child_name, f"{parent_name}.{child_name}" if parent_name else child_name, child)
+            for parent_name, parent in model.named_modules() for child_name, child in parent.named_children()]
