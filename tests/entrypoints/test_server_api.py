@@ -125,6 +125,12 @@ def test_bad_request(server: RunningServer, name: str, body: dict, status: int, 
     assert error["type"] == "invalid_request_error"
 
 
+def test_a_missing_field_is_named_as_missing(server: RunningServer) -> None:
+    """TEI's clients send "inputs": the answer says that "input" is required, not what it may hold."""
+    error = check_error(httpx.post(f"{server.url}/v1/embeddings", json={"inputs": "hello"}), 400, "input")
+    assert error["message"] == "'input' is required"
+
+
 def test_malformed_json_and_non_object(server: RunningServer) -> None:
     headers = {"content-type": "application/json"}
     check_error(httpx.post(f"{server.url}/v1/embeddings", content=b'{"input": [', headers=headers), 400, None)

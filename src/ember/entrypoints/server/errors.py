@@ -110,9 +110,11 @@ def _describe(exc: BaseException) -> tuple[str, str | None]:
     if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
         return "the request body must be a JSON object (send 'Content-Type: application/json')", None
     field = loc[0] if loc else None
+    where = ".".join(loc) or "body"
+    if first.get("type") == "missing":
+        return f"'{where}' is required", field
     if field == "input":  # a union: pydantic's per-branch messages confuse more than they help
         return "'input' must be a string, a list of strings, a list of integer token ids, or a list of such lists", field
-    where = ".".join(loc) or "body"
     return f"invalid value for '{where}': {first.get('msg', 'invalid request')}", field
 
 
