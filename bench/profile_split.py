@@ -30,7 +30,7 @@ from ember.bench import corpus
 
 GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
-                 "aten::_softmax")
+                 "aten::_softmax", "ember::encoder_attention")
 
 
 class Stopwatch:

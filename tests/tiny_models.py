@@ -80,18 +80,22 @@ def write_st_modules(folder: Path, hidden: int, pooling: str, normalize: bool, m
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
 
 
-def build_tiny_bert(folder: Path, *, pooling: str = "MEAN", normalize: bool = True, max_seq_length: int = 64) -> Path:
+def build_tiny_bert(folder: Path, *, pooling: str = "MEAN", normalize: bool = True, max_seq_length: int = 64,
+                    hidden_size: int = 32, num_heads: int = 4) -> Path:
+    """A random BERT; hidden_size / num_heads sets the head size (Ember's attention kernel runs
+    head sizes that are multiples of 32 everywhere: 64 / 2)."""
     from transformers import BertConfig, BertModel
 
     folder.mkdir(parents=True, exist_ok=True)
     specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                 "mask_token": "[MASK]"}
     vocab_size = build_wordpiece_tokenizer(folder, specials, ("[CLS]", "[SEP]"))
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=2,
+                        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
+                        pad_token_id=0)
     torch.manual_seed(0)
     BertModel(config).eval().save_pretrained(folder, safe_serialization=True)
-    write_st_modules(folder, 32, pooling, normalize, max_seq_length)
+    write_st_modules(folder, hidden_size, pooling, normalize, max_seq_length)
     return folder
 
 

@@ -334,7 +334,7 @@ def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
     calibration_texts, probe = calibration.calibration_and_probe_texts()
     assert len(calibration_texts) == 304 and len(probe) == 80 and not set(calibration_texts) & set(probe)
     package = calibration.TEXTS_FILE.parents[2]  # src/ember
-    for part in ("model", "runner/int8"):
+    for part in ("model", "kernels", "runner/int8"):
         shutil.copytree(package / part, tmp_path / part)
     before = graph_code_digest(tmp_path)
     assert before == graph_code_digest(package)

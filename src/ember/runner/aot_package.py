@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from ember.kernels import attention as attention_kernel
 from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
@@ -66,23 +67,25 @@ def graph_code_digest(root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
-    for source in sorted([*(root / "model").rglob("*.py"), *int8.rglob("*.py"), *int8.glob("*.json")]):
+    for source in sorted([*(root / "model").rglob("*.py"), *(root / "kernels").glob("*.py"), *int8.rglob("*.py"),
+                          *int8.glob("*.json")]):
         digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str,
-                quantization: str | None = None, *, per_thread_count: bool = True) -> str:
+                quantization: str | None = None, *, per_thread_count: bool = True, attention: str = "") -> str:
     """The cache key of what is built from these model files. per_thread_count=False for what
     does not depend on the thread count (the calibrated int8 layers), so that a process with
-    other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it."""
+    other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it. attention: what runs
+    an encoder's attention (kernels.attention.mode()), for a compiled graph."""
     from ember import __version__
 
     digest = hashlib.sha256()
     # The kernels are built for the intra-op thread count (inductor writes it into them).
     threads = f"threads={torch.get_num_threads()}" if per_thread_count else "threads=any"
     for part in ("weights-outside", __version__, graph_code_digest(), torch.__version__, str(dtype), architecture,
-                 threads,
+                 threads, f"attention={attention}",
                  plan.max_batch, plan.max_seq, EXPORT_MIN_DIM, f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
@@ -272,6 +275,8 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
             return torch.export.export(graph, example, dynamic_shapes=dynamic)
 
     def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
+        # The graph calls Ember's own kernels through their C shims, not through the dispatcher.
+        settings = {**settings, "aot_inductor.custom_ops_to_c_shims": attention_kernel.c_shims()}
         aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
 
     build_fast(compile_package, export)

@@ -33,6 +33,10 @@ class Runner(Protocol):
     @property
     def int8_kernel(self) -> str | None: ...
 
+    @property
+    def attention_kernel(self) -> str | None:
+        """What runs an encoder's attention ("ember-<isa>" or "sdpa"); None for a decoder."""
+
     def compile(self) -> float:
         """Compile (or load the compiled graph); returns the seconds it took."""
 

@@ -63,6 +63,8 @@ class DecoderModelRunner:
         """Decoders always run float (an explicit int8 is refused at load)."""
         self.quantization_cosine: float | None = None
         self.int8_kernel: str | None = None
+        self.attention_kernel: str | None = None
+        """Ember's encoder attention kernel is not a decoder's: its attention reads the KV cache."""
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
         gguf_file = find_gguf(self.folder.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
+from ember.kernels import attention as attention_kernel
 from ember.model.dense import load_dense
 from ember.model.heads import M3_UNUSED_ROLES, OutputHeads, SpladeWeights, load_m3_heads, special_token_ids
 from ember.model.info import describe_model
@@ -41,6 +43,11 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
         self.config = config
         mc = config.model_config
+        # Ember's attention kernel is built (first start, ~2 s of the compiler, outside the GIL) or
+        # loaded while the model loads; _await_kernels() joins it before the model first runs.
+        self._kernels = threading.Thread(target=attention_kernel.prepare, name="ember-kernels", daemon=True,
+                                         args=(resolve_cache_dir(config.compile_config.compile_cache_dir),))
+        self._kernels.start()
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
         kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags())
         self.quantization = int8.resolve_quantization(
@@ -97,6 +104,7 @@ class ModelRunner:
         if self.int8.load_stored(self.model):
             self._apply_gate()
         elif self.config.compile_config.enforce_eager:
+            self._await_kernels()
             self.int8.calibrate(self.model)
             self.int8.measure_and_store(self.model)
             self._apply_gate()
@@ -195,14 +203,30 @@ class ModelRunner:
         return Path(cache_dir) if cache_dir else None
 
     def _cache_key(self, variant: str | None, *, per_thread_count: bool = True) -> str:
+        """per_thread_count=True: a compiled graph's key (it says which attention it calls too);
+        False: the int8 layers' (calibration does not depend on either)."""
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
         return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
-                           per_thread_count=per_thread_count)
+                           per_thread_count=per_thread_count,
+                           attention=attention_kernel.mode() if per_thread_count else "")
+
+    def _await_kernels(self) -> None:
+        """Wait until Ember's kernels are loaded (or known to be unavailable): the model's forward
+        and its export ask them whether they run (kernels/attention.py)."""
+        if self._kernels.is_alive():
+            self._kernels.join()
+
+    @property
+    def attention_kernel(self) -> str:
+        """What runs the encoder's attention: "ember-avx512", "ember-avx2" or "sdpa"."""
+        self._await_kernels()
+        return attention_kernel.mode()
 
     def compile(self) -> float:
         """Load the AOT-compiled encoder for the whole shape plan (building it on a cache miss);
         returns the seconds spent compiling and loading. A pending int8 calibration runs while the
         graph builds; the gate then measures the compiled int8 model."""
+        self._await_kernels()
         calibrating = self._calibration_pending
         self._calibration_pending = False
         mode = self.int8
@@ -299,6 +323,7 @@ class ModelRunner:
         if batch.token_type_ids is not None and self.pair_segment_id is not None:  # only pair models read them
             inputs += (batch.token_type_ids,)
         if self._compiled is None:
+            self._await_kernels()
             return self.model(*inputs)
         # The package cannot compile; the counter still watches for any compile on this path.
         with self.counter.watching():

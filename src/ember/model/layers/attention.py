@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ember.kernels import attention as attention_kernel
+
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """[batch, seq] 0/1 mask -> [batch, 1, 1, seq] bool mask for SDPA (True = attend)."""
@@ -23,9 +25,15 @@ def encoder_attention(
 
     Returns:
         [batch, seq, hidden] attention output before the output projection.
+
+    Runs in Ember's attention kernel (ember/kernels/attention.py) when the process has it and
+    it takes this head size and dtype; else in torch's SDPA.
     """
     batch, seq, three_hidden = qkv.shape
     head_dim = three_hidden // (3 * num_heads)
+    if attention_kernel.supports(head_dim, qkv.dtype) and attn_mask.dtype == torch.bool and attn_mask.dim() == 4 \
+            and attn_mask.shape[1] == 1 and attn_mask.shape[2] == 1:
+        return torch.ops.ember.encoder_attention(qkv, attn_mask[:, 0, 0, :], num_heads)
     # [3, batch, heads, seq, head_dim]
     q, k, v = qkv.view(batch, seq, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

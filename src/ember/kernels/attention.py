@@ -1,0 +1,123 @@
+"""ember::encoder_attention: an encoder layer's attention as one op, in Ember's own kernel.
+
+Why: torch's CPU attention (the flash kernel behind SDPA) multiplies through BLAS calls sized
+for large head dimensions; at an encoder's head size (32 in MiniLM, 64 in BERT-base) and short
+rows it spends most of its time outside the multiply-adds. This kernel (attention.cpp) keeps
+q . k and P V in register tiles, reads q, k, v straight from the fused projection and writes
+the result in the layout the output projection reads, so two permuted copies disappear too.
+Float32 throughout, an exact softmax: equal to SDPA within float32 rounding (tests/kernels).
+
+How it is called: in eager mode through ctypes (which releases the GIL); in an AOTInductor
+package through its C shim, `aoti_torch_cpu_encoder_attention`, which the package calls directly
+(C_SHIMS is handed to the build; no Python, no dispatcher). `prepare` builds or loads the library
+once per process; until it has, and where it cannot (no compiler, no AVX2, a head size that is not
+a multiple of two vectors, another dtype), `supports` is False and the model uses SDPA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ember.kernels import library
+
+SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, "
+                    "int64_t num_heads, AtenTensorHandle* ret0)")
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """One build of attention.cpp, loaded."""
+
+    isa: str
+    width: int
+    """Floats per vector of the build: head sizes must be multiples of two vectors."""
+    raw: Callable[..., int]
+    """ember_encoder_attention_f32 (attention.cpp), the eager entry."""
+    library: ctypes.CDLL
+
+    def supports(self, head_dim: int, dtype: torch.dtype) -> bool:
+        return dtype == torch.float32 and 0 < head_dim <= 256 and head_dim % (2 * self.width) == 0
+
+    def run(self, qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """The op's computation (contiguous copies of non-contiguous inputs)."""
+        qkv, key_mask = qkv.contiguous(), key_mask.contiguous()
+        batch, seq, width = qkv.shape
+        head_dim = width // (3 * num_heads)
+        if not self.supports(head_dim, qkv.dtype):
+            raise ValueError(f"head size {head_dim} ({qkv.dtype}) is not supported by the {self.isa} attention kernel")
+        out = qkv.new_empty(batch, seq, width // 3)
+        self.raw(qkv.data_ptr(), key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim,
+                 qkv.stride(0), qkv.stride(1), key_mask.stride(0))
+        return out
+
+
+def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
+    """The kernel built for `isa` (None if it cannot be built here)."""
+    lib = library.load("attention.cpp", isa, cache_dir)
+    if lib is None or lib.ember_attention_vector_width() != isa.width:
+        return None
+    raw = lib.ember_encoder_attention_f32
+    raw.restype = ctypes.c_int32
+    raw.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 7
+    return Kernel(isa.name, isa.width, raw, lib)
+
+
+_kernel: Kernel | None = None
+"""The kernel this process's models use (set by prepare)."""
+
+
+def prepare(cache_dir: str) -> str:
+    """Build or load the kernel for this CPU (once per process); returns mode()."""
+    global _kernel
+    if _kernel is None:
+        isa = library.vector_isa()
+        _kernel = load_kernel(isa, cache_dir) if isa is not None else None
+    return mode()
+
+
+def mode() -> str:
+    """What runs an encoder's attention in this process: "ember-<isa>" or "sdpa" (cache keys and
+    stats say it)."""
+    return f"ember-{_kernel.isa}" if _kernel is not None else "sdpa"
+
+
+def supports(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether encoder_attention runs in the kernel for this head size and dtype."""
+    return _kernel is not None and _kernel.supports(head_dim, dtype)
+
+
+def c_shims() -> dict[object, list[str]]:
+    """aot_inductor.custom_ops_to_c_shims for a build whose graph may call the kernel."""
+    return {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION]} if _kernel is not None else {}
+
+
+def _check(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> None:
+    """The static part of the contract (dtypes, ranks, the last dimension): what the fake
+    implementation can check without guarding on the dynamic batch and sequence sizes."""
+    if qkv.dim() != 3 or qkv.dtype != torch.float32 or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"qkv must be float32 [batch, seq, 3 * {num_heads} heads * head_dim], got {qkv.dtype} "
+                         f"{list(qkv.shape)}")
+    if key_mask.dtype != torch.bool or key_mask.dim() != 2:
+        raise ValueError(f"key_mask must be bool [batch, seq], got {key_mask.dtype} {list(key_mask.shape)}")
+
+
+@torch.library.custom_op("ember::encoder_attention", mutates_args=())
+def encoder_attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) over the keys key_mask keeps) v per head, from qkv [B, S, 3 H d]
+    laid out (3, H, d) in its last dimension; returns [B, S, H d]. The rows of a batch row past its
+    last kept key are 0 (SDPA would fill them; nothing downstream reads them)."""
+    _check(qkv, key_mask, num_heads)
+    if key_mask.shape != qkv.shape[:2]:
+        raise ValueError(f"key_mask must be [batch, seq] = {list(qkv.shape[:2])}, got {list(key_mask.shape)}")
+    if _kernel is None:
+        raise RuntimeError("ember::encoder_attention called before kernels.attention.prepare() loaded the kernel")
+    return _kernel.run(qkv, key_mask, num_heads)
+
+
+@encoder_attention.register_fake
+def _(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    _check(qkv, key_mask, num_heads)
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)

@@ -1,0 +1,104 @@
+"""Ember's own C++ kernels: compiled once per machine with the C++ compiler AOTInductor uses,
+cached beside the compiled graphs, and loaded into the process so that those graphs can call them.
+
+One shared object per source file and vector width, built for the widest ISA torch runs here
+(`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY, so a run held to
+AVX2 gets the AVX2 build). It is loaded with RTLD_GLOBAL: an AOTInductor package that calls a
+kernel through its C shim leaves the symbol undefined and finds it in the process at load.
+The cache key is the source, the width and the torch version (its C shim is what the kernel
+links to): a warm start loads the file without running the compiler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCES = Path(__file__).resolve().parent
+BUILD_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True, slots=True)
+class VectorIsa:
+    name: str
+    width: int
+    """Floats per vector."""
+    flags: tuple[str, ...]
+
+
+AVX512 = VectorIsa("avx512", 16, ("-mavx512f", "-mavx2", "-mfma"))
+AVX2 = VectorIsa("avx2", 8, ("-mavx2", "-mfma"))
+
+
+def vector_isa() -> VectorIsa | None:
+    """The ISA to build for: what torch's own kernels run with here, None off x86 or below AVX2."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": AVX512, "AVX2": AVX2}.get(capability)
+
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
+
+
+def load(source: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
+    """The shared object of `source` (a .cpp beside this file) for `isa`, built if the cache has
+    none; None (logged once) if it cannot be built, so that callers fall back to torch's ops.
+    cache_dir "" builds into a scratch folder that is removed once the library is mapped."""
+    with _lock:
+        key = (source, isa.name)
+        if key not in _loaded:
+            _loaded[key] = _build_and_load(SOURCES / source, isa, cache_dir)
+        return _loaded[key]
+
+
+def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
+    digest = hashlib.sha256(source.read_bytes())
+    digest.update(f"\0{isa.name}\0{isa.flags}\0{torch.__version__}".encode())
+    name = f"lib{source.stem}-{isa.name}-{digest.hexdigest()[:16]}.so"
+    try:
+        if not cache_dir:
+            with tempfile.TemporaryDirectory(prefix="ember-kernels-") as scratch:
+                target = Path(scratch) / name
+                _compile(source, isa, target)
+                return ctypes.CDLL(str(target), mode=ctypes.RTLD_GLOBAL)
+        target = Path(cache_dir) / "kernels" / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.partial")
+            _compile(source, isa, partial)
+            os.replace(partial, target)  # atomic: a concurrent build of the same file is harmless
+        return ctypes.CDLL(str(target), mode=ctypes.RTLD_GLOBAL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("could not build Ember's %s kernel for %s (%s); using torch's ops instead",
+                       source.stem, isa.name, exc)
+        return None
+
+
+def compiler() -> str:
+    """The C++ compiler: $CXX, else the first of g++, c++, clang++ on PATH (as inductor picks)."""
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise OSError("no C++ compiler found (set CXX or install g++)")
+
+
+def _compile(source: Path, isa: VectorIsa, target: Path) -> None:
+    torch_root = Path(torch.__file__).resolve().parent
+    command = [compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", *isa.flags,
+               f"-DEMBER_W={isa.width}", f"-I{torch_root / 'include'}", str(source), "-o", str(target),
+               f"-L{torch_root / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_root / 'lib'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        raise subprocess.SubprocessError(f"{command[0]} exited {result.returncode}: {result.stderr.strip()[-2000:]}")

@@ -1,0 +1,156 @@
+"""Ember's attention kernel (ember/kernels): equal to SDPA on every build this CPU runs, called by
+compiled graphs through its C shim, and replaced by SDPA where it cannot be built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember import LLM
+from ember.kernels import attention, library
+from tests.conftest import check_close
+from tests.texts import varied_texts
+from tests.tiny_models import build_tiny_bert
+
+
+def _builds() -> list[library.VectorIsa]:
+    """The ISAs this CPU can run a build of (an AVX-512 CPU runs the AVX2 build too)."""
+    isa = library.vector_isa()
+    return {None: [], "avx2": [library.AVX2], "avx512": [library.AVX512, library.AVX2]}[isa and isa.name]
+
+
+def _sdpa(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, seq, width = qkv.shape
+    q, k, v = qkv.view(batch, seq, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    return out.transpose(1, 2).reshape(batch, seq, width // 3)
+
+
+def test_this_cpu_gets_the_kernel_of_its_widest_isa(tmp_path):
+    """An x86 CPU with AVX2 (every machine this project runs on) builds the kernel at first use."""
+    isa = library.vector_isa()
+    assert isa is not None, f"torch reports CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    assert attention.prepare(str(tmp_path)) == f"ember-{isa.name}"
+    assert attention.supports(32, torch.float32) and not attention.supports(32, torch.bfloat16)
+    assert not attention.supports(8, torch.float32)  # below two vectors: SDPA
+
+
+@pytest.mark.parametrize("isa", _builds(), ids=lambda isa: isa.name)
+@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"),
+                         [(1, 1, 12, 32), (3, 37, 12, 32), (2, 300, 4, 64), (6, 16, 2, 32), (1, 129, 3, 128)])
+def test_kernel_equals_sdpa(tmp_path, isa, batch, seq, heads, head_dim):
+    kernel = attention.load_kernel(isa, str(tmp_path))
+    assert kernel is not None and kernel.width == isa.width
+    gen = torch.Generator().manual_seed(batch * seq + head_dim)
+    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen) * 2
+    lengths = [max(1, seq - 7 * b) for b in range(batch)]
+    key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    if seq > 5:
+        key_mask[0, 2] = False  # a dropped key inside a row, not only padding at its end
+    ours, sdpa = kernel.run(qkv, key_mask, heads), _sdpa(qkv, key_mask, heads)
+    exact = _sdpa(qkv.double(), key_mask, heads)
+    for b, length in enumerate(lengths):
+        # As close to the float64 result as SDPA's float32 is (both ~1e-5 here: scores up to ~40).
+        error = (ours[b, :length].double() - exact[b, :length]).abs().max().item()
+        sdpa_error = (sdpa[b, :length].double() - exact[b, :length]).abs().max().item()
+        assert error <= 2 * sdpa_error + 1e-6, f"row {b}: {error:.2e} from float64, SDPA {sdpa_error:.2e}"
+        assert not ours[b, length:].any(), "rows past the last kept key are zeros"
+
+
+def test_kernel_reads_a_strided_projection(tmp_path):
+    """q, k, v read with the projection's row strides (a view of a wider buffer), mask too."""
+    kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
+    wide = torch.randn(2, 20, 3 * 64 + 10)
+    qkv = wide[:, :, 5:5 + 3 * 64]
+    mask = torch.ones(2, 40, dtype=torch.bool)[:, ::2]
+    torch.testing.assert_close(kernel.run(qkv, mask, 2), _sdpa(qkv.contiguous(), mask.contiguous(), 2),
+                               atol=2e-6, rtol=1e-5)
+
+
+def test_bad_inputs_are_refused_with_what_is_wrong(tmp_path):
+    attention.prepare(str(tmp_path))
+    qkv = torch.randn(2, 5, 3 * 64)
+    with pytest.raises(ValueError, match="key_mask must be bool"):
+        torch.ops.ember.encoder_attention(qkv, torch.ones(2, 5), 2)
+    with pytest.raises(ValueError, match=r"key_mask must be \[batch, seq\]"):
+        torch.ops.ember.encoder_attention(qkv, torch.ones(2, 6, dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match="qkv must be float32"):
+        torch.ops.ember.encoder_attention(qkv, torch.ones(2, 5, dtype=torch.bool), 5)
+    with pytest.raises(ValueError, match="head size 8"):
+        torch.ops.ember.encoder_attention(torch.randn(2, 5, 3 * 16), torch.ones(2, 5, dtype=torch.bool), 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_head_32(tmp_path_factory):
+    """Head size 32 (hidden 64, 2 heads): what the kernel runs on AVX2 and AVX-512 alike."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-h32"), hidden_size=64, num_heads=2)
+
+
+def _transformers_mean(folder, texts: list[str]) -> np.ndarray:
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=64)
+    model = AutoModel.from_pretrained(folder).eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok.encode(text).ids])
+            hidden = model(input_ids=ids).last_hidden_state[0]
+            rows.append(F.normalize(hidden.mean(0), dim=0))
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
+def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_path, enforce_eager):
+    """Mixed lengths in one batch (padding rows and keys), eager and AOT-compiled; the compiled
+    package calls the kernel's C shim, not the dispatcher, and nothing compiles after ready."""
+    texts = [t for t in varied_texts(40) if t.strip()]
+    llm = LLM(str(tiny_bert_head_32), dtype="float32", enforce_eager=enforce_eager, compile_cache_dir=str(tmp_path))
+    stats = llm.stats()
+    assert stats["attention_kernel"] == f"ember-{library.vector_isa().name}"
+    ours = np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
+    check_close(ours=ours, ref=_transformers_mean(tiny_bert_head_32, texts), name_ours="ember",
+                name_ref="transformers", tol=1e-5, label="kernel")
+    assert llm.stats()["compiles_after_ready"] == 0
+    if not enforce_eager:
+        (package,) = tmp_path.glob("encoder-*.pt2")
+        with zipfile.ZipFile(package) as archive:
+            wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
+        assert "AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_encoder_attention(" in wrapper
+        assert "aoti_torch_proxy_executor_call_function" not in wrapper
+
+
+def test_a_kernel_that_cannot_be_built_leaves_sdpa_in_place(tiny_bert_head_32, tmp_path):
+    """The compiler fails on the kernel (a wrapper around g++ that refuses attention.cpp and
+    compiles everything else, so AOTInductor still builds): SDPA runs instead, with a warning,
+    and the compiled model serves the same vectors."""
+    compiler = tmp_path / "cxx"
+    compiler.write_text('#!/bin/sh\ncase "$*" in *attention.cpp*) echo "simulated failure" >&2; exit 1;; esac\n'
+                        'exec g++ "$@"\n')
+    compiler.chmod(0o755)
+    script = f"""
+import json, numpy as np
+from ember import LLM
+llm = LLM({str(tiny_bert_head_32)!r}, dtype="float32", compile_cache_dir={str(tmp_path / "cache")!r})
+vectors = np.stack([o.outputs.data for o in llm.embed(["a short text", "another, longer text than that"])])
+print(json.dumps({{"attention": llm.stats()["attention_kernel"], "vectors": vectors.tolist()}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False,
+                            env={**os.environ, "CXX": str(compiler)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "could not build Ember's attention kernel" in result.stderr and "simulated failure" in result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["attention"] == "sdpa"
+    ref = _transformers_mean(tiny_bert_head_32, ["a short text", "another, longer text than that"])
+    check_close(ours=np.array(report["vectors"]), ref=ref, name_ours="ember (sdpa)", name_ref="transformers",
+                tol=1e-5, label="fallback")
