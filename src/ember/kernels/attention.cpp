@@ -9,9 +9,9 @@
 // batch row and a group of heads: it packs their q (scaled), k (transposed, in blocks of KB keys)
 // and v by reading the rows in order, then per head and per QB queries computes the scores against
 // every key up to the last one the mask keeps (register tiles of QB x KB), an exact softmax over
-// the row, and P V. Keys the mask drops get a score of -inf and a weight of exactly 0. Query rows
-// past the last kept key (the padding of a right-padded row) are written as zeros: no kept row
-// ever reads them as keys, and pooling skips them.
+// the row, and P V. Keys the mask drops get a score of -inf and a weight of ~1e-38 (nothing next
+// to the row's largest, 1). Query rows past the last kept key (the padding of a right-padded row)
+// are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 
 #include <immintrin.h>
 
@@ -48,11 +48,13 @@ constexpr int QB = W == 16 ? 8 : 4;  // query rows per register tile (AVX2 has 1
 constexpr int JV = 2;                // key vectors per register tile
 constexpr int KB = JV * W;           // keys per packed block of K^T
 
-// exp(x) for x <= 0: 2^n * p(f), |relative error| < 2e-7; exactly 0 below -87 (and for -inf).
+// exp(x) for x <= 0 (a score minus its row's max): 2^n * p(f), relative error < 2e-7. Below -87.3
+// (and for -inf, a dropped key) it returns 2^-126 p(f) ~ 1e-38, which adds nothing to a row whose
+// largest term is exp(0) = 1.
 inline VT exp_nonpositive(VT x) {
-  const VI below = x < splat(-87.0f);
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
   const VT t = x * 1.4426950408889634f;
-  const VT n = (t + 12582912.0f) - 12582912.0f;  // round to nearest
+  const VT n = (t + 12582912.0f) - 12582912.0f;  // round to nearest: n >= -126
   const VT f = t - n;                             // [-0.5, 0.5]
   VT p = splat(1.535336188319500e-4f);
   p = p * f + 1.339887440266574e-3f;
@@ -61,13 +63,15 @@ inline VT exp_nonpositive(VT x) {
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  const VI exponent = (__builtin_convertvector(n < splat(-126.0f) ? splat(-126.0f) : n, VI) + 127) << 23;
-  const VT result = p * (VT)exponent;
-  return (VT)((VI)result & ~below);
+  const VI exponent = (__builtin_convertvector(n, VI) + 127) << 23;
+  return p * (VT)exponent;
 }
 
+// Scores of QB queries against NV * W keys (one block of K^T), stored with the mask's bias; `top`
+// keeps each row's running maximum.
 template <int NV>
-inline void score_tile(const float* blk, const float* qs, int64_t D, const float* bias, float* sc, int64_t Lp) {
+inline void score_tile(const float* blk, const float* qs, int64_t D, const float* bias, float* sc, int64_t Lp,
+                       VT* top) {
   VT acc[QB][NV] = {};
   for (int64_t d = 0; d < D; ++d) {
     VT kv[NV];
@@ -78,20 +82,20 @@ inline void score_tile(const float* blk, const float* qs, int64_t D, const float
     }
   }
   for (int r = 0; r < QB; ++r)
-    for (int v = 0; v < NV; ++v) store(sc + r * Lp + v * W, acc[r][v] + load(bias + v * W));
+    for (int v = 0; v < NV; ++v) {
+      const VT x = acc[r][v] + load(bias + v * W);
+      store(sc + r * Lp + v * W, x);
+      top[r] = x > top[r] ? x : top[r];
+    }
 }
 
-// Softmax of each of the QB score rows in place (Lp keys); returns 1 / sum per row in inv.
-inline void softmax_rows(float* sc, int64_t Lp, float* inv) {
+// Softmax numerators of each of the QB score rows in place (Lp keys), given each row's running
+// maximum; returns 1 / sum per row in inv.
+inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
   for (int r = 0; r < QB; ++r) {
     float* s = sc + r * Lp;
-    VT m = splat(-INFINITY);
-    for (int64_t j = 0; j < Lp; j += W) {
-      const VT x = load(s + j);
-      m = x > m ? x : m;
-    }
-    float top = m[0];
-    for (int k = 1; k < W; ++k) top = std::max(top, m[k]);
+    float top = row_top[r][0];
+    for (int k = 1; k < W; ++k) top = std::max(top, row_top[r][k]);
     VT sum = {};
     for (int64_t j = 0; j < Lp; j += W) {
       const VT e = exp_nonpositive(load(s + j) - top);
@@ -118,13 +122,15 @@ void attend_head(const float* q, const float* kt, const float* vv, const float* 
   for (int64_t ib = 0; ib < L; ib += QB) {
     const int64_t rows = std::min<int64_t>(QB, L - ib);
     for (int r = 0; r < QB; ++r) std::copy(q + (ib + std::min<int64_t>(r, rows - 1)) * D, q + (ib + std::min<int64_t>(r, rows - 1)) * D + D, qs + r * D);
+    VT top[QB];
+    for (int r = 0; r < QB; ++r) top[r] = splat(-INFINITY);
     for (int64_t j = 0; j < Lp; j += KB) {
       const float* block = kt + (j / KB) * D * KB;
-      if (j + KB <= Lp) score_tile<JV>(block, qs, D, bias + j, &sc[j], Lp);
-      else score_tile<1>(block, qs, D, bias + j, &sc[j], Lp);
+      if (j + KB <= Lp) score_tile<JV>(block, qs, D, bias + j, &sc[j], Lp, top);
+      else score_tile<1>(block, qs, D, bias + j, &sc[j], Lp, top);
     }
     float inv[QB];
-    softmax_rows(sc.data(), Lp, inv);
+    softmax_rows(sc.data(), Lp, top, inv);
     for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {  // D is a multiple of 2 W
       VT a0[QB] = {}, a1[QB] = {};
       for (int64_t j = 0; j < L; ++j) {
