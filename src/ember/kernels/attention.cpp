@@ -13,16 +13,34 @@
 // to the row's largest, 1). Query rows past the last kept key (the padding of a right-padded row)
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cmath>
+// Headers are kept to <cstdint>, <cstdlib> and <omp.h>: the build is on a first start's critical
+// path, and <immintrin.h> with the standard containers was two thirds of its 1.2 s. Vectors are
+// GCC/Clang vector extensions; loads and stores go through a 4-byte-aligned vector type.
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
 
 #include <omp.h>
 
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+// The few AOTInductor C shim calls the shim entry makes (torch/csrc/inductor/aoti_torch/c/shim.h),
+// taken as function pointers from the running torch by ember_attention_bind (attention.py): the
+// library then needs neither torch's headers nor a link to libtorch, which took half of its
+// first-start build (0.4 s each of ~2 s).
+typedef struct AtenTensorOpaque* AtenTensorHandle;
+typedef int32_t AOTITorchError;
+constexpr AOTITorchError AOTI_TORCH_SUCCESS = 0, AOTI_TORCH_FAILURE = 1;
+
+namespace {
+struct Shim {
+  AOTITorchError (*get_dim)(AtenTensorHandle, int64_t*);
+  AOTITorchError (*get_dtype)(AtenTensorHandle, int32_t*);
+  AOTITorchError (*get_sizes)(AtenTensorHandle, int64_t**);
+  AOTITorchError (*get_strides)(AtenTensorHandle, int64_t**);
+  AOTITorchError (*get_data_ptr)(AtenTensorHandle, void**);
+  AOTITorchError (*empty_strided)(int64_t, const int64_t*, const int64_t*, int32_t, int32_t, int32_t, AtenTensorHandle*);
+  int32_t dtype_float32, dtype_bool, device_cpu;
+};
+Shim shim{};
+}  // namespace
 
 #ifndef EMBER_W
 #error "EMBER_W (floats per vector: 8 or 16) must be defined"
@@ -34,15 +52,33 @@ constexpr int W = EMBER_W;
 typedef float VT __attribute__((vector_size(W * 4), aligned(4)));
 typedef int32_t VI __attribute__((vector_size(W * 4), aligned(4)));
 
-#if EMBER_W == 16
-inline VT load(const float* p) { return (VT)_mm512_loadu_ps(p); }
-inline void store(float* p, VT v) { _mm512_storeu_ps(p, (__m512)v); }
-inline VT splat(float x) { return (VT)_mm512_set1_ps(x); }
-#else
-inline VT load(const float* p) { return (VT)_mm256_loadu_ps(p); }
-inline void store(float* p, VT v) { _mm256_storeu_ps(p, (__m256)v); }
-inline VT splat(float x) { return (VT)_mm256_set1_ps(x); }
-#endif
+inline VT load(const float* p) { return *reinterpret_cast<const VT*>(p); }
+inline void store(float* p, VT v) { *reinterpret_cast<VT*>(p) = v; }
+inline VT splat(float x) { return (VT{} + 1.0f) * x; }  // x * 1 is x exactly: folds to a broadcast
+
+constexpr float kInf = __builtin_inff();
+template <typename T> inline T min_of(T a, T b) { return a < b ? a : b; }
+
+// A growable scratch array (malloc'd; only for trivially copyable T).
+template <typename T>
+struct Scratch {
+  T* data = nullptr;
+  int64_t capacity = 0;
+  ~Scratch() { std::free(data); }
+  T* reserve(int64_t n) {
+    if (n > capacity) {
+      std::free(data);
+      data = static_cast<T*>(std::malloc(sizeof(T) * (n > 0 ? n : 1)));
+      capacity = n;
+    }
+    return data;
+  }
+  T* fill(int64_t n, T value) {
+    T* p = reserve(n);
+    for (int64_t i = 0; i < n; ++i) p[i] = value;
+    return p;
+  }
+};
 
 constexpr int QB = W == 16 ? 8 : 4;  // query rows per register tile (AVX2 has 16 registers)
 constexpr int JV = 2;                // key vectors per register tile
@@ -95,7 +131,7 @@ inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
   for (int r = 0; r < QB; ++r) {
     float* s = sc + r * Lp;
     float top = row_top[r][0];
-    for (int k = 1; k < W; ++k) top = std::max(top, row_top[r][k]);
+    for (int k = 1; k < W; ++k) top = top < row_top[r][k] ? row_top[r][k] : top;
     VT sum = {};
     for (int64_t j = 0; j < Lp; j += W) {
       const VT e = exp_nonpositive(load(s + j) - top);
@@ -115,22 +151,25 @@ struct Shape {
 // One head of one batch row, from packed buffers: q [L][D] (scaled), k^T in blocks [Lk / KB][D][KB],
 // v [Lk][D]; writes the L query rows of out (row stride out_stride).
 void attend_head(const float* q, const float* kt, const float* vv, const float* bias, int64_t L, int64_t D, float* out,
-                 int64_t out_stride, std::vector<float>& sc) {
+                 int64_t out_stride, Scratch<float>& scratch) {
   const int64_t Lp = (L + W - 1) / W * W;  // keys scored: whole vectors
-  sc.resize(QB * Lp);
+  float* sc = scratch.reserve(QB * Lp);
   float qs[QB * 256];
   for (int64_t ib = 0; ib < L; ib += QB) {
-    const int64_t rows = std::min<int64_t>(QB, L - ib);
-    for (int r = 0; r < QB; ++r) std::copy(q + (ib + std::min<int64_t>(r, rows - 1)) * D, q + (ib + std::min<int64_t>(r, rows - 1)) * D + D, qs + r * D);
+    const int64_t rows = min_of<int64_t>(QB, L - ib);
+    for (int r = 0; r < QB; ++r) {
+      const float* row = q + (ib + min_of<int64_t>(r, rows - 1)) * D;
+      for (int64_t d = 0; d < D; ++d) qs[r * D + d] = row[d];
+    }
     VT top[QB];
-    for (int r = 0; r < QB; ++r) top[r] = splat(-INFINITY);
+    for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
     for (int64_t j = 0; j < Lp; j += KB) {
       const float* block = kt + (j / KB) * D * KB;
       if (j + KB <= Lp) score_tile<JV>(block, qs, D, bias + j, &sc[j], Lp, top);
       else score_tile<1>(block, qs, D, bias + j, &sc[j], Lp, top);
     }
     float inv[QB];
-    softmax_rows(sc.data(), Lp, top, inv);
+    softmax_rows(sc, Lp, top, inv);
     for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {  // D is a multiple of 2 W
       VT a0[QB] = {}, a1[QB] = {};
       for (int64_t j = 0; j < L; ++j) {
@@ -152,7 +191,7 @@ void attend_head(const float* q, const float* kt, const float* vv, const float* 
 
 void attention(const float* qkv, const bool* key_mask, float* out, const Shape& s) {
   const int64_t B = s.B, S = s.S, H = s.H, D = s.D, HD = H * D;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(D));
   // A task is one batch row and a group of heads. Its q, k, v are packed by reading the rows in
   // order (the fused projection's rows are 3 H D floats apart: reading one head's slices row by
   // row misses the cache on every row). Groups: the fewest that give every thread 4 tasks.
@@ -163,7 +202,7 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
   const int64_t GH = H / groups;
 #pragma omp parallel
   {
-    std::vector<float> qp, kt, vv, sc, bias;
+    Scratch<float> q_buf, k_buf, v_buf, scores, bias_buf;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * groups; ++task) {
       const int64_t b = task / groups, h0 = (task % groups) * GH;
@@ -171,16 +210,17 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
       float* out_b = out + b * S * HD;
       int64_t L = S;  // keys up to the last one the mask keeps; later query rows are 0
       while (L > 0 && !mask[L - 1]) --L;
-      for (int64_t i = L; i < S; ++i) std::fill(out_b + i * HD + h0 * D, out_b + i * HD + (h0 + GH) * D, 0.0f);
+      for (int64_t i = L; i < S; ++i)
+        for (int64_t c = h0 * D; c < (h0 + GH) * D; ++c) out_b[i * HD + c] = 0.0f;
       if (L == 0) continue;
       const int64_t Lk = (L + KB - 1) / KB * KB;  // keys packed: whole blocks, zeros past L
-      qp.resize(GH * L * D);
-      kt.assign(GH * D * Lk, 0.0f);
-      vv.assign(GH * Lk * D, 0.0f);
-      bias.assign(Lk, -INFINITY);
+      float* qp = q_buf.reserve(GH * L * D);
+      float* kt = k_buf.fill(GH * D * Lk, 0.0f);
+      float* vv = v_buf.fill(GH * Lk * D, 0.0f);
+      float* bias = bias_buf.fill(Lk, -kInf);
       const float* base = qkv + b * s.qkv_stride_b;
       for (int64_t j = 0; j < L; ++j) {
-        bias[j] = mask[j] ? 0.0f : -INFINITY;
+        bias[j] = mask[j] ? 0.0f : -kInf;
         const float* row = base + j * s.qkv_stride_s;
         for (int64_t g = 0; g < GH; ++g) {
           const float* q = row + (h0 + g) * D;
@@ -190,11 +230,11 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
           for (int64_t d = 0; d < D; ++d) qd[d] = q[d] * scale;
           float* block = &kt[g * D * Lk + (j / KB) * D * KB + j % KB];
           for (int64_t d = 0; d < D; ++d) block[d * KB] = k[d];
-          std::copy(v, v + D, &vv[(g * Lk + j) * D]);
+          for (int64_t d = 0; d < D; ++d) vv[(g * Lk + j) * D + d] = v[d];
         }
       }
       for (int64_t g = 0; g < GH; ++g)
-        attend_head(&qp[g * L * D], &kt[g * D * Lk], &vv[g * Lk * D], bias.data(), L, D, out_b + (h0 + g) * D, HD, sc);
+        attend_head(&qp[g * L * D], &kt[g * D * Lk], &vv[g * Lk * D], bias, L, D, out_b + (h0 + g) * D, HD, scores);
     }
   }
 }
@@ -204,6 +244,19 @@ bool supported(int64_t D) { return D > 0 && D <= 256 && D % (2 * W) == 0; }
 }  // namespace
 
 extern "C" {
+
+// Hands the library torch's shim functions and constants (attention.py, once, at load).
+void ember_attention_bind(void* const* functions, int32_t dtype_float32, int32_t dtype_bool, int32_t device_cpu) {
+  shim.get_dim = reinterpret_cast<decltype(shim.get_dim)>(functions[0]);
+  shim.get_dtype = reinterpret_cast<decltype(shim.get_dtype)>(functions[1]);
+  shim.get_sizes = reinterpret_cast<decltype(shim.get_sizes)>(functions[2]);
+  shim.get_strides = reinterpret_cast<decltype(shim.get_strides)>(functions[3]);
+  shim.get_data_ptr = reinterpret_cast<decltype(shim.get_data_ptr)>(functions[4]);
+  shim.empty_strided = reinterpret_cast<decltype(shim.empty_strided)>(functions[5]);
+  shim.dtype_float32 = dtype_float32;
+  shim.dtype_bool = dtype_bool;
+  shim.device_cpu = device_cpu;
+}
 
 // Floats per vector of this build: attention.py checks it against the CPU before using it.
 int32_t ember_attention_vector_width() { return W; }
@@ -225,20 +278,20 @@ AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensor
   int64_t qkv_dim, mask_dim;
   int32_t qkv_dtype, mask_dtype;
   void *qkv_data, *mask_data, *out_data;
-  if (aoti_torch_get_dim(qkv, &qkv_dim) || aoti_torch_get_dim(key_mask, &mask_dim) || qkv_dim != 3 || mask_dim != 2 ||
-      aoti_torch_get_dtype(qkv, &qkv_dtype) || aoti_torch_get_dtype(key_mask, &mask_dtype) ||
-      qkv_dtype != aoti_torch_dtype_float32() || mask_dtype != aoti_torch_dtype_bool() ||
-      aoti_torch_get_sizes(qkv, &qkv_sizes) || aoti_torch_get_strides(qkv, &qkv_strides) ||
-      aoti_torch_get_sizes(key_mask, &mask_sizes) || aoti_torch_get_strides(key_mask, &mask_strides) ||
-      aoti_torch_get_data_ptr(qkv, &qkv_data) || aoti_torch_get_data_ptr(key_mask, &mask_data))
+  if (shim.get_dim == nullptr || shim.get_dim(qkv, &qkv_dim) || shim.get_dim(key_mask, &mask_dim) || qkv_dim != 3 ||
+      mask_dim != 2 || shim.get_dtype(qkv, &qkv_dtype) || shim.get_dtype(key_mask, &mask_dtype) ||
+      qkv_dtype != shim.dtype_float32 || mask_dtype != shim.dtype_bool ||
+      shim.get_sizes(qkv, &qkv_sizes) || shim.get_strides(qkv, &qkv_strides) ||
+      shim.get_sizes(key_mask, &mask_sizes) || shim.get_strides(key_mask, &mask_strides) ||
+      shim.get_data_ptr(qkv, &qkv_data) || shim.get_data_ptr(key_mask, &mask_data))
     return AOTI_TORCH_FAILURE;
   const int64_t B = qkv_sizes[0], S = qkv_sizes[1], HD = qkv_sizes[2] / 3;
   if (num_heads <= 0 || qkv_sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) ||
       qkv_strides[2] != 1 || mask_sizes[0] != B || mask_sizes[1] != S || (S > 1 && mask_strides[1] != 1))
     return AOTI_TORCH_FAILURE;
   int64_t sizes[3] = {B, S, HD}, strides[3] = {S * HD, HD, 1};
-  if (aoti_torch_empty_strided(3, sizes, strides, aoti_torch_dtype_float32(), aoti_torch_device_type_cpu(), 0, ret0) ||
-      aoti_torch_get_data_ptr(*ret0, &out_data))
+  if (shim.empty_strided(3, sizes, strides, shim.dtype_float32, shim.device_cpu, 0, ret0) ||
+      shim.get_data_ptr(*ret0, &out_data))
     return AOTI_TORCH_FAILURE;
   attention(static_cast<const float*>(qkv_data), static_cast<const bool*>(mask_data), static_cast<float*>(out_data),
             Shape{B, S, num_heads, HD / num_heads, qkv_strides[0], qkv_strides[1], mask_strides[0]});

@@ -5,8 +5,9 @@ One shared object per source file and vector width, built for the widest ISA tor
 (`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY, so a run held to
 AVX2 gets the AVX2 build). It is loaded with RTLD_GLOBAL: an AOTInductor package that calls a
 kernel through its C shim leaves the symbol undefined and finds it in the process at load.
-The cache key is the source, the width and the torch version (its C shim is what the kernel
-links to): a warm start loads the file without running the compiler.
+The cache key is the source, the width and the torch version (whose C shim the kernel calls,
+through function pointers it is handed at load): a warm start loads the file without running
+the compiler.
 """
 
 from __future__ import annotations
@@ -95,10 +96,8 @@ def compiler() -> str:
 
 
 def _compile(source: Path, isa: VectorIsa, target: Path) -> None:
-    torch_root = Path(torch.__file__).resolve().parent
     command = [compiler(), "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", *isa.flags,
-               f"-DEMBER_W={isa.width}", f"-I{torch_root / 'include'}", str(source), "-o", str(target),
-               f"-L{torch_root / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_root / 'lib'}"]
+               f"-DEMBER_W={isa.width}", str(source), "-o", str(target)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     if result.returncode != 0:
         raise subprocess.SubprocessError(f"{command[0]} exited {result.returncode}: {result.stderr.strip()[-2000:]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -214,7 +215,9 @@ class ModelRunner:
         """Wait until Ember's kernels are loaded (or known to be unavailable): the model's forward
         and its export ask them whether they run (kernels/attention.py)."""
         if self._kernels.is_alive():
+            start = time.perf_counter()
             self._kernels.join()
+            logger.info("waited %.2f s for Ember's kernels to build", time.perf_counter() - start)
 
     @property
     def attention_kernel(self) -> str:
