@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tiny_models import (
     build_tiny_bert,
@@ -103,3 +104,22 @@ def check_close(*, ours: np.ndarray, ref: np.ndarray, name_ours: str, name_ref: 
         f"{np.abs(ours - ref).max():.3g}\n{name_ours}: {ours[worst][:16]}\n{name_ref}: {ref[worst][:16]}"
     )
     return float(cos.min())
+
+
+def transformers_pooled(folder: Path, texts: list[str], pooling: str, normalize: bool) -> np.ndarray:
+    """The reference vectors: transformers' AutoModel on each text alone (cut at 64 tokens), CLS or
+    mean pooled, normalized or not."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(max_length=64)
+    model = AutoModel.from_pretrained(folder).eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tok.encode(text).ids])
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+            vec = hidden[0] if pooling == "CLS" else hidden.mean(0)
+            rows.append(torch.nn.functional.normalize(vec, dim=0) if normalize else vec)
+    return torch.stack(rows).numpy()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ember import LLM
 from ember.kernels import attention, library
-from tests.conftest import check_close
+from tests.conftest import check_close, transformers_pooled
 from tests.texts import varied_texts
 from tests.tiny_models import build_tiny_bert
 
@@ -94,22 +94,6 @@ def tiny_bert_head_32(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-h32"), hidden_size=64, num_heads=2)
 
 
-def _transformers_mean(folder, texts: list[str]) -> np.ndarray:
-    from tokenizers import Tokenizer
-    from transformers import AutoModel
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.enable_truncation(max_length=64)
-    model = AutoModel.from_pretrained(folder).eval()
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tok.encode(text).ids])
-            hidden = model(input_ids=ids).last_hidden_state[0]
-            rows.append(F.normalize(hidden.mean(0), dim=0))
-    return torch.stack(rows).numpy()
-
-
 @pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
 def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_path, enforce_eager):
     """Mixed lengths in one batch (padding rows and keys), eager and AOT-compiled; the compiled
@@ -119,7 +103,7 @@ def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_pat
     stats = llm.stats()
     assert stats["attention_kernel"] == f"ember-{library.vector_isa().name}"
     ours = np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
-    check_close(ours=ours, ref=_transformers_mean(tiny_bert_head_32, texts), name_ours="ember",
+    check_close(ours=ours, ref=transformers_pooled(tiny_bert_head_32, texts, "MEAN", True), name_ours="ember",
                 name_ref="transformers", tol=1e-5, label="kernel")
     assert llm.stats()["compiles_after_ready"] == 0
     if not enforce_eager:
@@ -151,6 +135,6 @@ print(json.dumps({{"attention": llm.stats()["attention_kernel"], "vectors": vect
     assert "could not build Ember's attention kernel" in result.stderr and "simulated failure" in result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["attention"] == "sdpa"
-    ref = _transformers_mean(tiny_bert_head_32, ["a short text", "another, longer text than that"])
+    ref = transformers_pooled(tiny_bert_head_32, ["a short text", "another, longer text than that"], "MEAN", True)
     check_close(ours=np.array(report["vectors"]), ref=ref, name_ours="ember (sdpa)", name_ref="transformers",
                 tol=1e-5, label="fallback")

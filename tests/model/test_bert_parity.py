@@ -7,25 +7,8 @@ import pytest
 import torch
 
 from ember import LLM
-from tests.conftest import check_close
+from tests.conftest import check_close, transformers_pooled
 from tests.texts import varied_texts
-
-
-def _reference(folder, texts: list[str], pooling: str, normalize: bool) -> np.ndarray:
-    from tokenizers import Tokenizer
-    from transformers import AutoModel
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.enable_truncation(max_length=64)
-    model = AutoModel.from_pretrained(folder).eval()
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tok.encode(text).ids])
-            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
-            vec = hidden[0] if pooling == "CLS" else hidden.mean(0)
-            rows.append(torch.nn.functional.normalize(vec, dim=0) if normalize else vec)
-    return torch.stack(rows).numpy()
 
 
 @pytest.mark.parametrize(
@@ -40,7 +23,7 @@ def test_tiny_model_matches_transformers(request, fixture, pooling, normalize):
     llm = LLM(str(folder), dtype="float32", enforce_eager=True)
     assert llm.model_info.pooling_type == pooling and llm.model_info.normalize == normalize
     ours = np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
-    ref = _reference(folder, texts, pooling, normalize)
+    ref = transformers_pooled(folder, texts, pooling, normalize)
     min_cos = check_close(ours=ours, ref=ref, name_ours="ember", name_ref="transformers", tol=1e-4, label=fixture)
     print(f"{fixture}: min cosine {min_cos:.7f}, max abs diff {np.abs(ours - ref).max():.2e}")
 
