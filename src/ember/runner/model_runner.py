@@ -44,7 +44,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
         self.config = config
         mc = config.model_config
-        # Ember's attention kernel is built (first start, ~2 s of the compiler, outside the GIL) or
+        # Ember's attention kernel is built (first start, 0.3-0.4 s of the compiler, outside the GIL) or
         # loaded while the model loads; _await_kernels() joins it before the model first runs.
         self._kernels = threading.Thread(target=attention_kernel.prepare, name="ember-kernels", daemon=True,
                                          args=(resolve_cache_dir(config.compile_config.compile_cache_dir),))
