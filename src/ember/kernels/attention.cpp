@@ -13,72 +13,9 @@
 // to the row's largest, 1). Query rows past the last kept key (the padding of a right-padded row)
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 
-// Headers are kept to <cstdint>, <cstdlib> and <omp.h>: the build is on a first start's critical
-// path, and <immintrin.h> with the standard containers was two thirds of its 1.2 s. Vectors are
-// GCC/Clang vector extensions; loads and stores go through a 4-byte-aligned vector type.
-#include <cstdint>
-#include <cstdlib>
-
-#include <omp.h>
-
-// The few AOTInductor C shim calls the shim entry makes (torch/csrc/inductor/aoti_torch/c/shim.h),
-// taken as function pointers from the running torch by ember_attention_bind (attention.py): the
-// library then needs neither torch's headers nor a link to libtorch, which took half of its
-// first-start build (0.4 s each of ~2 s).
-typedef struct AtenTensorOpaque* AtenTensorHandle;
-typedef int32_t AOTITorchError;
-constexpr AOTITorchError AOTI_TORCH_SUCCESS = 0, AOTI_TORCH_FAILURE = 1;
+#include "common.h"
 
 namespace {
-struct Shim {
-  AOTITorchError (*get_dim)(AtenTensorHandle, int64_t*);
-  AOTITorchError (*get_dtype)(AtenTensorHandle, int32_t*);
-  AOTITorchError (*get_sizes)(AtenTensorHandle, int64_t**);
-  AOTITorchError (*get_strides)(AtenTensorHandle, int64_t**);
-  AOTITorchError (*get_data_ptr)(AtenTensorHandle, void**);
-  AOTITorchError (*empty_strided)(int64_t, const int64_t*, const int64_t*, int32_t, int32_t, int32_t, AtenTensorHandle*);
-  int32_t dtype_float32, dtype_bool, device_cpu;
-};
-Shim shim{};
-}  // namespace
-
-#ifndef EMBER_W
-#error "EMBER_W (floats per vector: 8 or 16) must be defined"
-#endif
-
-namespace {
-
-constexpr int W = EMBER_W;
-typedef float VT __attribute__((vector_size(W * 4), aligned(4)));
-typedef int32_t VI __attribute__((vector_size(W * 4), aligned(4)));
-
-inline VT load(const float* p) { return *reinterpret_cast<const VT*>(p); }
-inline void store(float* p, VT v) { *reinterpret_cast<VT*>(p) = v; }
-inline VT splat(float x) { return (VT{} + 1.0f) * x; }  // x * 1 is x exactly: folds to a broadcast
-
-constexpr float kInf = __builtin_inff();
-template <typename T> inline T min_of(T a, T b) { return a < b ? a : b; }
-
-// A growable scratch array (malloc'd; only for trivially copyable T).
-template <typename T>
-struct Scratch {
-  T* data = nullptr;
-  int64_t capacity = 0;
-  ~Scratch() { std::free(data); }
-  T* reserve(int64_t n) {
-    if (n > capacity) {
-      std::free(data);
-      data = static_cast<T*>(std::malloc(sizeof(T) * (n > 0 ? n : 1)));
-      capacity = n;
-    }
-    return data;
-  }
-  T* fill(int64_t n, T value) {
-    T* p = reserve(n);
-    for (int64_t i = 0; i < n; ++i) p[i] = value;
-    return p;
-  }
-};
 
 constexpr int QB = W == 16 ? 8 : 4;  // query rows per register tile (AVX2 has 16 registers)
 constexpr int JV = 2;                // key vectors per register tile
@@ -245,18 +182,8 @@ bool supported(int64_t D) { return D > 0 && D <= 256 && D % (2 * W) == 0; }
 
 extern "C" {
 
-// Hands the library torch's shim functions and constants (attention.py, once, at load).
-void ember_attention_bind(void* const* functions, int32_t dtype_float32, int32_t dtype_bool, int32_t device_cpu) {
-  shim.get_dim = reinterpret_cast<decltype(shim.get_dim)>(functions[0]);
-  shim.get_dtype = reinterpret_cast<decltype(shim.get_dtype)>(functions[1]);
-  shim.get_sizes = reinterpret_cast<decltype(shim.get_sizes)>(functions[2]);
-  shim.get_strides = reinterpret_cast<decltype(shim.get_strides)>(functions[3]);
-  shim.get_data_ptr = reinterpret_cast<decltype(shim.get_data_ptr)>(functions[4]);
-  shim.empty_strided = reinterpret_cast<decltype(shim.empty_strided)>(functions[5]);
-  shim.dtype_float32 = dtype_float32;
-  shim.dtype_bool = dtype_bool;
-  shim.device_cpu = device_cpu;
-}
+// Hands the library torch's shim functions and codes (library.bind_shim, once, at load).
+void ember_attention_bind(void* const* functions, const int32_t* codes) { bind(functions, codes); }
 
 // Floats per vector of this build: attention.py checks it against the CPU before using it.
 int32_t ember_attention_vector_width() { return W; }
@@ -274,27 +201,19 @@ int32_t ember_encoder_attention_f32(const float* qkv, const bool* key_mask, floa
 // [B, S, 3 H D] with unit stride in its last dimension, key_mask bool [B, S] likewise.
 AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads,
                                                 AtenTensorHandle* ret0) {
-  int64_t *qkv_sizes, *qkv_strides, *mask_sizes, *mask_strides;
-  int64_t qkv_dim, mask_dim;
-  int32_t qkv_dtype, mask_dtype;
-  void *qkv_data, *mask_data, *out_data;
-  if (shim.get_dim == nullptr || shim.get_dim(qkv, &qkv_dim) || shim.get_dim(key_mask, &mask_dim) || qkv_dim != 3 ||
-      mask_dim != 2 || shim.get_dtype(qkv, &qkv_dtype) || shim.get_dtype(key_mask, &mask_dtype) ||
-      qkv_dtype != shim.dtype_float32 || mask_dtype != shim.dtype_bool ||
-      shim.get_sizes(qkv, &qkv_sizes) || shim.get_strides(qkv, &qkv_strides) ||
-      shim.get_sizes(key_mask, &mask_sizes) || shim.get_strides(key_mask, &mask_strides) ||
-      shim.get_data_ptr(qkv, &qkv_data) || shim.get_data_ptr(key_mask, &mask_data))
+  View x, mask;
+  if (!view(qkv, x) || !view(key_mask, mask) || x.dim != 3 || mask.dim != 2 || x.dtype != shim.dtype_float32 ||
+      mask.dtype != shim.dtype_bool)
     return AOTI_TORCH_FAILURE;
-  const int64_t B = qkv_sizes[0], S = qkv_sizes[1], HD = qkv_sizes[2] / 3;
-  if (num_heads <= 0 || qkv_sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) ||
-      qkv_strides[2] != 1 || mask_sizes[0] != B || mask_sizes[1] != S || (S > 1 && mask_strides[1] != 1))
+  const int64_t B = x.sizes[0], S = x.sizes[1], HD = x.sizes[2] / 3;
+  if (num_heads <= 0 || x.sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) || x.strides[2] != 1 ||
+      mask.sizes[0] != B || mask.sizes[1] != S || (S > 1 && mask.strides[1] != 1))
     return AOTI_TORCH_FAILURE;
-  int64_t sizes[3] = {B, S, HD}, strides[3] = {S * HD, HD, 1};
-  if (shim.empty_strided(3, sizes, strides, shim.dtype_float32, shim.device_cpu, 0, ret0) ||
-      shim.get_data_ptr(*ret0, &out_data))
-    return AOTI_TORCH_FAILURE;
-  attention(static_cast<const float*>(qkv_data), static_cast<const bool*>(mask_data), static_cast<float*>(out_data),
-            Shape{B, S, num_heads, HD / num_heads, qkv_strides[0], qkv_strides[1], mask_strides[0]});
+  const int64_t sizes[3] = {B, S, HD};
+  void* out_data;
+  if (!allocate(3, sizes, shim.dtype_float32, ret0, &out_data)) return AOTI_TORCH_FAILURE;
+  attention(static_cast<const float*>(x.data), static_cast<const bool*>(mask.data), static_cast<float*>(out_data),
+            Shape{B, S, num_heads, HD / num_heads, x.strides[0], x.strides[1], mask.strides[0]});
   return AOTI_TORCH_SUCCESS;
 }
 

@@ -20,7 +20,6 @@ import ctypes
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -64,7 +63,7 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     if lib is None or lib.ember_attention_vector_width() != isa.width:
         return None
     try:
-        _bind_shim(lib)
+        library.bind_shim(lib, "ember_attention_bind")
     except (OSError, AttributeError) as exc:  # a torch laid out unlike its wheels
         logger.warning("Ember's attention kernel cannot reach torch's C shim (%s); using SDPA", exc)
         return None
@@ -72,25 +71,6 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     raw.restype = ctypes.c_int32
     raw.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 7
     return Kernel(isa.name, isa.width, raw, lib)
-
-
-_SHIM_FUNCTIONS = ("aoti_torch_get_dim", "aoti_torch_get_dtype", "aoti_torch_get_sizes", "aoti_torch_get_strides",
-                   "aoti_torch_get_data_ptr", "aoti_torch_empty_strided")
-"""The C shim functions the kernel's shim entry calls, in ember_attention_bind's order."""
-
-
-def _bind_shim(lib: ctypes.CDLL) -> None:
-    """Hand the library the running torch's C shim functions and dtype codes."""
-    torch_cpu = ctypes.CDLL(str(Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so"))
-    functions = (ctypes.c_void_p * len(_SHIM_FUNCTIONS))(
-        *(ctypes.cast(getattr(torch_cpu, name), ctypes.c_void_p).value for name in _SHIM_FUNCTIONS))
-    codes = [getattr(torch_cpu, name) for name in ("aoti_torch_dtype_float32", "aoti_torch_dtype_bool",
-                                                   "aoti_torch_device_type_cpu")]
-    for code in codes:
-        code.restype = ctypes.c_int32
-    lib.ember_attention_bind.restype = None
-    lib.ember_attention_bind.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]
-    lib.ember_attention_bind(functions, *(code() for code in codes))
 
 
 _kernel: Kernel | None = None

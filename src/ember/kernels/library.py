@@ -5,9 +5,9 @@ One shared object per source file and vector width, built for the widest ISA tor
 (`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY, so a run held to
 AVX2 gets the AVX2 build). It is loaded with RTLD_GLOBAL: an AOTInductor package that calls a
 kernel through its C shim leaves the symbol undefined and finds it in the process at load.
-The cache key is the source, the width and the torch version (whose C shim the kernel calls,
-through function pointers it is handed at load): a warm start loads the file without running
-the compiler.
+The cache key is the source with the header it shares (common.h), the width and the torch
+version (whose C shim the kernel calls, through function pointers bind_shim hands it at load): a
+warm start loads the file without running the compiler.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def load(source: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
 
 
 def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
-    digest = hashlib.sha256(source.read_bytes())
+    digest = hashlib.sha256(source.read_bytes() + (SOURCES / "common.h").read_bytes())
     digest.update(f"\0{isa.name}\0{isa.flags}\0{torch.__version__}".encode())
     name = f"lib{source.stem}-{isa.name}-{digest.hexdigest()[:16]}.so"
     try:
@@ -101,3 +101,28 @@ def _compile(source: Path, isa: VectorIsa, target: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     if result.returncode != 0:
         raise subprocess.SubprocessError(f"{command[0]} exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+
+
+SHIM_FUNCTIONS = ("aoti_torch_get_dim", "aoti_torch_get_dtype", "aoti_torch_get_sizes", "aoti_torch_get_strides",
+                  "aoti_torch_get_data_ptr", "aoti_torch_empty_strided")
+"""The C shim functions a kernel's shim entry calls, in common.h's Shim order."""
+SHIM_CODES = ("aoti_torch_dtype_float32", "aoti_torch_dtype_bool", "aoti_torch_dtype_int8", "aoti_torch_dtype_int32",
+              "aoti_torch_dtype_int64", "aoti_torch_device_type_cpu")
+"""The dtype and device codes it needs, in common.h bind's order."""
+
+
+def bind_shim(lib: ctypes.CDLL, entry: str) -> None:
+    """Hand the library (through its `entry`, which calls common.h bind) the running torch's C
+    shim functions and codes. Raises OSError or AttributeError on a torch laid out unlike its
+    wheels."""
+    torch_cpu = ctypes.CDLL(str(Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so"))
+    functions = (ctypes.c_void_p * len(SHIM_FUNCTIONS))(
+        *(ctypes.cast(getattr(torch_cpu, name), ctypes.c_void_p).value for name in SHIM_FUNCTIONS))
+    getters = [getattr(torch_cpu, name) for name in SHIM_CODES]
+    for getter in getters:
+        getter.restype = ctypes.c_int32
+    codes = (ctypes.c_int32 * len(getters))(*(getter() for getter in getters))
+    bind = getattr(lib, entry)
+    bind.restype = None
+    bind.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    bind(functions, codes)
