@@ -17,14 +17,9 @@ import torch.nn.functional as F
 from ember import LLM
 from ember.kernels import attention, library
 from tests.conftest import check_close, transformers_pooled
+from tests.kernels import builds
 from tests.texts import varied_texts
 from tests.tiny_models import build_tiny_bert
-
-
-def _builds() -> list[library.VectorIsa]:
-    """The ISAs this CPU can run a build of (an AVX-512 CPU runs the AVX2 build too)."""
-    isa = library.vector_isa()
-    return {None: [], "avx2": [library.AVX2], "avx512": [library.AVX512, library.AVX2]}[isa and isa.name]
 
 
 def _sdpa(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor:
@@ -43,7 +38,7 @@ def test_this_cpu_gets_the_kernel_of_its_widest_isa(tmp_path):
     assert not attention.supports(8, torch.float32)  # below two vectors: SDPA
 
 
-@pytest.mark.parametrize("isa", _builds(), ids=lambda isa: isa.name)
+@pytest.mark.parametrize("isa", builds(), ids=lambda isa: isa.name)
 @pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"),
                          [(1, 1, 12, 32), (3, 37, 12, 32), (2, 300, 4, 64), (6, 16, 2, 32), (1, 129, 3, 128)])
 def test_kernel_equals_sdpa(tmp_path, isa, batch, seq, heads, head_dim):

@@ -104,7 +104,7 @@ def _compile(source: Path, isa: VectorIsa, target: Path) -> None:
 
 
 SHIM_FUNCTIONS = ("aoti_torch_get_dim", "aoti_torch_get_dtype", "aoti_torch_get_sizes", "aoti_torch_get_strides",
-                  "aoti_torch_get_data_ptr", "aoti_torch_empty_strided")
+                  "aoti_torch_get_data_ptr", "aoti_torch_empty_strided", "aoti_torch_delete_tensor_object")
 """The C shim functions a kernel's shim entry calls, in common.h's Shim order."""
 SHIM_CODES = ("aoti_torch_dtype_float32", "aoti_torch_dtype_bool", "aoti_torch_dtype_int8", "aoti_torch_dtype_int32",
               "aoti_torch_dtype_int64", "aoti_torch_device_type_cpu")

@@ -97,6 +97,10 @@ class Embeddings(nn.Module):
 
 
 class EncoderLayer(nn.Module):
+    FEED_FORWARD = ("ffn_in", "act", "ffn_out")
+    """forward computes ffn_out(act(ffn_in(x))) with nothing in between: the int8 model may run the
+    middle (act, and ffn_out's input quantization) as one op (runner/int8/linear.py)."""
+
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         h = cfg.hidden_size

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from ember.kernels import attention as attention_kernel
+from ember import kernels as ember_kernels
 from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
@@ -61,31 +61,32 @@ class CompiledGraph:
 
 
 def graph_code_digest(root: Path | None = None) -> str:
-    """Digest of the code that defines the exported graph (the model classes, the int8 package and
-    its frozen calibration texts): a package or int8 layers built by other code or calibrated on
-    other texts are never reused, whatever the version number says."""
+    """Digest of the code that defines the exported graph and its build (the model classes, Ember's
+    kernels, the int8 package and its frozen calibration texts, the build settings): a package or
+    int8 layers built by other code or calibrated on other texts are never reused, whatever the
+    version number says."""
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
     for source in sorted([*(root / "model").rglob("*.py"), *(root / "kernels").glob("*.py"), *int8.rglob("*.py"),
-                          *int8.glob("*.json")]):
+                          *int8.glob("*.json"), root / "runner" / "aoti_build.py"]):
         digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, architecture: str,
-                quantization: str | None = None, *, per_thread_count: bool = True, attention: str = "") -> str:
+                quantization: str | None = None, *, per_thread_count: bool = True, kernels: str = "") -> str:
     """The cache key of what is built from these model files. per_thread_count=False for what
     does not depend on the thread count (the calibrated int8 layers), so that a process with
-    other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it. attention: what runs
-    an encoder's attention (kernels.attention.mode()), for a compiled graph."""
+    other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it. kernels: which of
+    Ember's kernels the graph calls (ember.kernels.mode()), for a compiled graph."""
     from ember import __version__
 
     digest = hashlib.sha256()
     # The kernels are built for the intra-op thread count (inductor writes it into them).
     threads = f"threads={torch.get_num_threads()}" if per_thread_count else "threads=any"
     for part in ("weights-outside", __version__, graph_code_digest(), torch.__version__, str(dtype), architecture,
-                 threads, f"attention={attention}",
+                 threads, f"kernels={kernels}",
                  plan.max_batch, plan.max_seq, EXPORT_MIN_DIM, f"quantization={quantization}",
                  ",".join(f for f in _ISA_FLAGS if f in cpu_flags())):
         digest.update(f"{part}\0".encode())
@@ -272,14 +273,31 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
 
     def export() -> torch.export.ExportedProgram:
         with torch.inference_mode(False), torch.no_grad():
-            return torch.export.export(graph, example, dynamic_shapes=dynamic)
+            program = torch.export.export(graph, example, dynamic_shapes=dynamic)
+        _refuse_inlined_weights(program)
+        return program
 
     def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
         # The graph calls Ember's own kernels through their C shims, not through the dispatcher.
-        settings = {**settings, "aot_inductor.custom_ops_to_c_shims": attention_kernel.c_shims()}
+        settings = {**settings, "aot_inductor.custom_ops_to_c_shims": ember_kernels.c_shims()}
         aoti_compile_and_package(program, package_path=str(target), inductor_configs=settings)
 
     build_fast(compile_package, export)
+
+
+def _refuse_inlined_weights(program: torch.export.ExportedProgram) -> None:
+    """Inductor writes the values of 0-d and 1-d weights of at most 8 values into the code as
+    literals (GraphLowering.can_inline_constant). A package here runs with other weights than it
+    was built from (a template's placeholders, every layer's own), so such a weight would silently
+    take the built values: refuse it (model code keeps them 2-d, like Int8Linear.outlier_columns)."""
+    used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
+    weights = {**program.constants, **program.state_dict}  # non-persistent buffers are with the constants
+    small = [spec.target for spec in program.graph_signature.input_specs
+             if spec.arg.name in used and spec.target in weights
+             and weights[spec.target].dim() <= 1 and weights[spec.target].numel() <= 8]
+    if small:
+        raise ValueError(f"the graph reads weights the compiler would inline as literals: {small[:3]} "
+                         "(0-d or 1-d with at most 8 values); keep them 2-d")
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:

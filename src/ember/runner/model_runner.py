@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ember import kernels
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
 from ember.kernels import attention as attention_kernel
@@ -44,9 +45,9 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
         self.config = config
         mc = config.model_config
-        # Ember's attention kernel is built (first start, 0.3-0.4 s of the compiler, outside the GIL) or
-        # loaded while the model loads; _await_kernels() joins it before the model first runs.
-        self._kernels = threading.Thread(target=attention_kernel.prepare, name="ember-kernels", daemon=True,
+        # Ember's kernels are built (first start, 0.3-0.4 s of the compiler each, side by side, outside
+        # the GIL) or loaded while the model loads; _await_kernels() joins them before the model first runs.
+        self._kernels = threading.Thread(target=kernels.prepare, name="ember-kernels", daemon=True,
                                          args=(resolve_cache_dir(config.compile_config.compile_cache_dir),))
         self._kernels.start()
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
@@ -204,16 +205,16 @@ class ModelRunner:
         return Path(cache_dir) if cache_dir else None
 
     def _cache_key(self, variant: str | None, *, per_thread_count: bool = True) -> str:
-        """per_thread_count=True: a compiled graph's key (it says which attention it calls too);
+        """per_thread_count=True: a compiled graph's key (it says which of Ember's kernels it calls too);
         False: the int8 layers' (calibration does not depend on either)."""
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
         return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
                            per_thread_count=per_thread_count,
-                           attention=attention_kernel.mode() if per_thread_count else "")
+                           kernels=kernels.mode() if per_thread_count else "")
 
     def _await_kernels(self) -> None:
         """Wait until Ember's kernels are loaded (or known to be unavailable): the model's forward
-        and its export ask them whether they run (kernels/attention.py)."""
+        and its export ask them whether they run (ember/kernels)."""
         if self._kernels.is_alive():
             start = time.perf_counter()
             self._kernels.join()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ember.runner.int8.kernel import FLOAT_HEADS, Int8Kernel
-from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU
+from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU, link_feed_forwards
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def int8_template(model: nn.Module, kernel: Int8Kernel) -> nn.Module:
 def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | None]) -> int:
     """Give `model` the int8 structure: each nn.Linear for which `make` returns a module is
     replaced by it, and every exact nn.GELU of the layers by RationalGELU (in the encoders Ember
-    runs, each feeds a linear; the heads keep theirs, as they keep float32 linears). Returns how
+    runs, each feeds a linear; the heads keep theirs, as they keep float32 linears), then links
+    the feed-forward blocks that can run their middle in one op (link_feed_forwards). Returns how
     many linears were replaced."""
     replaced = 0
     for parent, child_name, name, child in _children(model):
@@ -154,18 +155,21 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
             replaced += 1
         elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
             setattr(parent, child_name, RationalGELU())
+    link_feed_forwards(model)
     return replaced
 
 
 def swap_int8_back(model: nn.Module, make: Callable[[str], nn.Module | None]) -> int:
     """Replace each Int8Linear of `model` for which `make` returns a module (its float32 linear)
     by it; returns how many. The GELUs stay RationalGELU: int8_template and quantize_int8 give
-    every rung that structure, whichever linears it keeps in float32."""
+    every rung that structure, whichever linears it keeps in float32; a block whose ffn_out is
+    float32 again is unlinked."""
     replaced = 0
     for parent, child_name, name, child in _children(model):
         if isinstance(child, Int8Linear) and (new := make(name)) is not None:
             setattr(parent, child_name, new)
             replaced += 1
+    link_feed_forwards(model)
     return replaced
 
 

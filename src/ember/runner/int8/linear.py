@@ -16,13 +16,21 @@ Per linear, y = x W^T + b becomes (Int8Linear.forward):
 
 All of it is plain torch plus the kernel's one op, so the int8 model is exported and AOT-compiled
 like the float32 one.
+
+A feed-forward block whose layer declares FEED_FORWARD (ffn_out(GELU(ffn_in(x)))) with both linears
+on int_mm is linked (link_feed_forwards): where Ember's int8_ffn kernel runs, ffn_in hands ffn_out
+its input already quantized (QuantizedRows), dequantized, through the GELU and requantized in one
+op (kernels/int8_ffn.py), and the GELU module passes it on.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
+from ember.kernels import int8_ffn
 from ember.runner.int8.kernel import Int8Kernel
 
 MAX_OUTLIERS = 4
@@ -33,6 +41,21 @@ GELU outputs per ffn_out, up to 16x. Taking them out of the int8 path gives its 
 the other channels and its per-channel weight scales to the other columns. Min cosine vs float32
 on the bench corpora (int_mm, calibrated on other texts): 0.99854 / 0.99888 without; 0.9993 /
 0.9994 with 4 on every linear, which fixes the structure before calibration."""
+
+
+class QuantizedRows(NamedTuple):
+    """A linear's input already on its int8 grid: int8_gelu_requantize's outputs, and the input's
+    leading dimensions."""
+
+    steps: torch.Tensor
+    """int8 [rows, in]: the step on the row's grid minus 128 (int_mm's operand)."""
+    scale: torch.Tensor
+    """[rows, 1]"""
+    low: torch.Tensor
+    """[rows, 1]"""
+    outliers: torch.Tensor
+    """[rows, k]: the input at the linear's outlier channels."""
+    leading: tuple[int, ...]
 
 
 class Int8Linear(nn.Module):
@@ -60,6 +83,10 @@ class Int8Linear(nn.Module):
         selector = torch.zeros(len(outlier_index), inv_smoothing.shape[0])
         selector[torch.arange(len(outlier_index)), outlier_index] = 1.0
         self.register_buffer("outlier_selector", selector, persistent=False)
+        # What int8_gelu_requantize reads: 2-d, because inductor inlines 1-d tensors of at most 8
+        # values as literals, and a package runs with other layers' (and a template's) buffers.
+        self.register_buffer("outlier_columns", outlier_index.reshape(1, -1), persistent=False)
+        self.__dict__["gelu_into"] = None  # set by link_feed_forwards; not a submodule (it is a sibling)
         if kernel.name == "onednn":  # what the graph multiplies by; weight_int8 stays for the cache
             self.register_buffer("weight_packed", kernel.pack(weight_int8), persistent=False)
             self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape[0], dtype=torch.int32),
@@ -94,27 +121,71 @@ class Int8Linear(nn.Module):
     def from_state(cls, kernel: Int8Kernel, state: dict[str, torch.Tensor]) -> Int8Linear:
         return cls(kernel, *(state[name] for name in cls.BUFFERS))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor | QuantizedRows:
+        if isinstance(x, QuantizedRows):
+            return self._from_quantized(x)
         rows = x.reshape(-1, x.shape[-1])
         smoothed = rows * self.inv_smoothing
         low = smoothed.amin(-1, keepdim=True)
         scale = ((smoothed.amax(-1, keepdim=True) - low) / self.kernel.activation_levels).clamp(min=1e-8)
         steps = torch.round((smoothed - low) / scale)  # [rows, in], in [0, activation_levels]
+        # Row j is one-hot: the outlier channels' values, read in the pass that finds the row's range.
+        outliers = [(rows * self.outlier_selector[j]).sum(-1, keepdim=True) for j in range(self.outlier_selector.shape[0])]
         if self.kernel.name == "int_mm":
             # x ~ scale * (q + 128) + low, q in [-128, 127]. With W ~ W_int8 * weight_scale,
             # x @ W^T = weight_scale * (scale * (q @ W_int8) + (128 * scale + low) * column_sum(W_int8)).
-            accumulated = torch._int_mm((steps - 128).to(torch.int8), self.weight_int8).float()
+            accumulated = torch._int_mm((steps - 128).to(torch.int8), self.weight_int8)
+            if self.gelu_into is not None and int8_ffn.supports():
+                return self._gelu_requantize(accumulated, scale, low, outliers, tuple(x.shape[:-1]))
             offset = (128 * scale + low) * self.weight_column_sum
-            out = (accumulated * scale + offset) * self.weight_scale + self.bias
+            out = (accumulated.float() * scale + offset) * self.weight_scale + self.bias
         else:
             # x ~ scale * q + low, q in [0, 127]; the kernel applies weight_scale per channel.
             scaled = torch.ops.onednn.qlinear_pointwise(
                 steps.to(torch.uint8), 1.0, 0, self.weight_packed, self.weight_scale, self.weight_zero_point,
                 None, 1.0, 0, torch.float32, "none", [], "")
             out = scaled * scale + low * (self.weight_column_sum * self.weight_scale) + self.bias
-        for j in range(self.outlier_selector.shape[0]):  # fixed per layer: unrolled by the export
-            out = out + (rows * self.outlier_selector[j]).sum(-1, keepdim=True) * self.outlier_weight[j]
+        for j, value in enumerate(outliers):  # fixed per layer: unrolled by the export
+            out = out + value * self.outlier_weight[j]
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def _gelu_requantize(self, accumulated: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
+                         outliers: list[torch.Tensor], leading: tuple[int, ...]) -> QuantizedRows:
+        """This linear's output through the GELU, on gelu_into's int8 grid (kernels/int8_ffn.py)."""
+        into = self.gelu_into
+        values = torch.cat(outliers, -1) if outliers else scale.new_zeros(scale.shape[0], 0)
+        steps, next_scale, next_low, next_outliers = torch.ops.ember.int8_gelu_requantize(
+            accumulated, scale, low, self.weight_column_sum, self.weight_scale, self.bias, values, self.outlier_weight,
+            into.inv_smoothing, into.outlier_columns)
+        return QuantizedRows(steps, next_scale, next_low, next_outliers, leading)
+
+    def _from_quantized(self, x: QuantizedRows) -> torch.Tensor:
+        """The int_mm path on an input that arrives quantized for this linear."""
+        accumulated = torch._int_mm(x.steps, self.weight_int8).float()
+        out = (accumulated * x.scale + (128 * x.scale + x.low) * self.weight_column_sum) * self.weight_scale + self.bias
+        for j in range(self.outlier_weight.shape[0]):
+            out = out + x.outliers[:, j:j + 1] * self.outlier_weight[j]
+        return out.reshape(*x.leading, out.shape[-1])
+
+
+def link_feed_forwards(model: nn.Module) -> int:
+    """Link every feed-forward block of `model` that can run its middle in one op: a layer that
+    declares FEED_FORWARD, with both linears Int8Linears on int_mm and the activation RationalGELU;
+    unlink the others (a rung that moved ffn_out back to float32). Returns how many are linked."""
+    linked = 0
+    for module in model.modules():
+        names = getattr(type(module), "FEED_FORWARD", None)
+        if names is None:
+            continue
+        first, act, second = (getattr(module, name, None) for name in names)
+        if not isinstance(first, Int8Linear):
+            continue
+        fusable = (isinstance(act, RationalGELU) and isinstance(second, Int8Linear)
+                   and first.kernel.name == second.kernel.name == "int_mm"
+                   and second.kernel.activation_levels == int8_ffn.LEVELS)
+        first.__dict__["gelu_into"] = second if fusable else None
+        linked += fusable
+    return linked
 
 
 class RationalGELU(nn.Module):
@@ -135,7 +206,9 @@ class RationalGELU(nn.Module):
     DENOMINATOR = (1.0, 8.1157257896, 29.815487258, 63.251155192, 79.691158462, 39.294249807)
     INPUT_SCALE = 0.7071067811865476 / 4.0  # u = x / sqrt(2) / 4, clamped to [-1, 1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor | QuantizedRows:
+        if isinstance(x, QuantizedRows):  # the linear before ran it (link_feed_forwards)
+            return x
         u = (x * self.INPUT_SCALE).clamp(-1.0, 1.0)
         t = u * u
         return x * 0.5 * (1.0 + u * _horner(t, self.NUMERATOR) / _horner(t, self.DENOMINATOR))
