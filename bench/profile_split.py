@@ -31,6 +31,8 @@ from ember.bench import corpus
 GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
                  "aten::_softmax", "ember::encoder_attention")
+ELEMENTWISE_OPS = ("ember::int8_gelu_requantize",)
+"""Ember's own elementwise kernels, counted with inductor's fused ones."""
 
 
 class Stopwatch:
@@ -100,9 +102,9 @@ def kernel_split(llm: LLM, texts: list[str], calls: int = 20, single: bool = Fal
             groups["GEMM"] += seconds
         elif event.key in ATTENTION_OPS:
             groups["attention"] += seconds
-        elif "cpp_fused" in event.key:
+        elif "cpp_fused" in event.key or event.key in ELEMENTWISE_OPS:
             groups["fused elementwise"] += seconds
-            groups["kernel " + event.key.split("cpp_fused_", 1)[1][:60]] += seconds
+            groups["kernel " + (event.key.split("cpp_fused_", 1)[1][:60] if "cpp_fused" in event.key else event.key)] += seconds
     return groups, (batch, seq), per_call
 
 
@@ -142,7 +144,7 @@ def main() -> None:
     print("|---|---|---|")
     rest = per_call - groups["GEMM"] - groups["attention"] - groups["fused elementwise"]
     for name, seconds in (("GEMM", groups["GEMM"]), ("attention (SDPA)", groups["attention"]),
-                          ("fused elementwise (inductor)", groups["fused elementwise"]), ("the rest (launch, Python)", rest)):
+                          ("fused elementwise (inductor, Ember)", groups["fused elementwise"]), ("the rest (launch, Python)", rest)):
         print(f"| {name} | {1e3 * seconds:.3f} | {100 * seconds / per_call:.1f}% |")
     kernels = sorted(((s, k[7:]) for k, s in groups.items() if k.startswith("kernel ")), reverse=True)
     for seconds, name in kernels:
