@@ -134,23 +134,27 @@ def test_the_compiled_graph_calls_the_kernel_and_matches_eager(tiny_bert, tmp_pa
 
 
 class _Scaled(torch.nn.Module):
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], value: float) -> None:
         super().__init__()
-        self.register_buffer("scale", torch.ones(shape))
-        self.register_buffer("unused", torch.ones(4))
+        self.register_buffer("scale", torch.full(shape, value))
+        self.register_buffer("unused", torch.full((4,), value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
 
 
-def test_a_weight_the_compiler_would_inline_is_refused():
-    """Inductor writes short 0-d and 1-d weights into the code; a package loaded with other
-    weights would silently use the built ones, so the build refuses them (2-d ones pass, and an
-    unread one does not matter)."""
+def test_a_per_layer_weight_the_compiler_would_inline_is_refused():
+    """Inductor writes short 0-d and 1-d weights into the code; a per-layer package runs with each
+    layer's own, so one that differs between layers is refused (2-d ones pass, an unread one
+    does not matter, nor one that is equal in every layer)."""
+    def check(shape: tuple[int, ...], values: tuple[float, float]) -> None:
+        layers = [_Scaled(shape, v) for v in values]
+        _refuse_inlined_weights(torch.export.export(layers[0], (torch.ones(3, shape[-1]),)), layers)
     with pytest.raises(ValueError, match="would inline as literals: \\['scale'\\]"):
-        _refuse_inlined_weights(torch.export.export(_Scaled((4,)), (torch.ones(3, 4),)))
-    _refuse_inlined_weights(torch.export.export(_Scaled((1, 4)), (torch.ones(3, 4),)))
-    _refuse_inlined_weights(torch.export.export(_Scaled((16,)), (torch.ones(3, 16),)))
+        check((4,), (1.0, 2.0))
+    check((1, 4), (1.0, 2.0))
+    check((16,), (1.0, 2.0))
+    check((4,), (1.0, 1.0))
 
 
 def test_a_kernel_that_cannot_be_built_leaves_the_torch_ops_in_place(tiny_bert, tmp_path):

@@ -274,7 +274,8 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
     def export() -> torch.export.ExportedProgram:
         with torch.inference_mode(False), torch.no_grad():
             program = torch.export.export(graph, example, dynamic_shapes=dynamic)
-        _refuse_inlined_weights(program)
+        if layers is not None:
+            _refuse_inlined_weights(program, layers)
         return program
 
     def compile_package(program: torch.export.ExportedProgram, settings: dict[str, object]) -> None:
@@ -285,18 +286,29 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
     build_fast(compile_package, export)
 
 
-def _refuse_inlined_weights(program: torch.export.ExportedProgram) -> None:
-    """Inductor writes the values of 0-d and 1-d weights of at most 8 values into the code as
-    literals (GraphLowering.can_inline_constant). A package here runs with other weights than it
-    was built from (a template's placeholders, every layer's own), so such a weight would silently
-    take the built values: refuse it (model code keeps them 2-d, like Int8Linear.outlier_columns)."""
+def _refuse_inlined_weights(program: torch.export.ExportedProgram, layers: list[torch.nn.Module]) -> None:
+    """Inductor writes the values of 0-d and 1-d tensors of at most 8 values into the code as
+    literals (GraphLowering.can_inline_constant). A per-layer package runs with every layer's own
+    weights, so such a weight that differs between layers would silently take layer 0's values in
+    all of them: refuse it (model code keeps them 2-d, like Int8Linear.outlier_columns, which a
+    template build also needs: its values are placeholders). Constants of the code (lifted
+    tensors) and weights equal in every layer (a RoPE table) are inlined correctly."""
+    from torch.export.graph_signature import InputKind
+
     used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
-    weights = {**program.constants, **program.state_dict}  # non-persistent buffers are with the constants
-    small = [spec.target for spec in program.graph_signature.input_specs
-             if spec.arg.name in used and spec.target in weights
-             and weights[spec.target].dim() <= 1 and weights[spec.target].numel() <= 8]
+    kinds = (InputKind.PARAMETER, InputKind.BUFFER)
+    small = []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind not in kinds or spec.arg.name not in used:
+            continue
+        values = [_tensors(layer).get(spec.target) for layer in layers]
+        first = values[0]
+        if first is None or first.dim() > 1 or first.numel() > 8:
+            continue
+        if any(v is None or v.shape != first.shape or not torch.equal(v, first) for v in values[1:]):
+            small.append(spec.target)
     if small:
-        raise ValueError(f"the graph reads weights the compiler would inline as literals: {small[:3]} "
+        raise ValueError(f"the graph reads per-layer weights the compiler would inline as literals: {small[:3]} "
                          "(0-d or 1-d with at most 8 values); keep them 2-d")
 
 
