@@ -17,15 +17,12 @@ a multiple of two vectors, another dtype), `supports` is False and the model use
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ember.kernels import library
-
-logger = logging.getLogger(__name__)
 
 SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, "
                     "int64_t num_heads, AtenTensorHandle* ret0)")
@@ -59,13 +56,8 @@ class Kernel:
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     """The kernel built for `isa` (None if it cannot be built here)."""
-    lib = library.load("attention.cpp", isa, cache_dir)
-    if lib is None or lib.ember_attention_vector_width() != isa.width:
-        return None
-    try:
-        library.bind_shim(lib, "ember_attention_bind")
-    except (OSError, AttributeError) as exc:  # a torch laid out unlike its wheels
-        logger.warning("Ember's attention kernel cannot reach torch's C shim (%s); using SDPA", exc)
+    lib = library.load_bound("attention", isa, cache_dir)
+    if lib is None:
         return None
     raw = lib.ember_encoder_attention_f32
     raw.restype = ctypes.c_int32
@@ -73,33 +65,30 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     return Kernel(isa.name, isa.width, raw, lib)
 
 
-_kernel: Kernel | None = None
-"""The kernel this process's models use (set by prepare)."""
+_process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
+"""The kernel this process's models use."""
 
 
 def prepare(cache_dir: str) -> str:
     """Build or load the kernel for this CPU (once per process); returns mode()."""
-    global _kernel
-    if _kernel is None:
-        isa = library.vector_isa()
-        _kernel = load_kernel(isa, cache_dir) if isa is not None else None
+    _process.prepare(cache_dir)
     return mode()
 
 
 def mode() -> str:
     """What runs an encoder's attention in this process: "ember-<isa>" or "sdpa" (cache keys and
     stats say it)."""
-    return f"ember-{_kernel.isa}" if _kernel is not None else "sdpa"
+    return f"ember-{_process.kernel.isa}" if _process.kernel is not None else "sdpa"
 
 
 def supports(head_dim: int, dtype: torch.dtype) -> bool:
     """Whether encoder_attention runs in the kernel for this head size and dtype."""
-    return _kernel is not None and _kernel.supports(head_dim, dtype)
+    return _process.kernel is not None and _process.kernel.supports(head_dim, dtype)
 
 
 def c_shims() -> dict[object, list[str]]:
     """aot_inductor.custom_ops_to_c_shims for a build whose graph may call the kernel."""
-    return {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION]} if _kernel is not None else {}
+    return {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION]} if _process.kernel is not None else {}
 
 
 def _check(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> None:
@@ -120,9 +109,9 @@ def encoder_attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int)
     _check(qkv, key_mask, num_heads)
     if key_mask.shape != qkv.shape[:2]:
         raise ValueError(f"key_mask must be [batch, seq] = {list(qkv.shape[:2])}, got {list(key_mask.shape)}")
-    if _kernel is None:
+    if _process.kernel is None:
         raise RuntimeError("ember::encoder_attention called before kernels.attention.prepare() loaded the kernel")
-    return _kernel.run(qkv, key_mask, num_heads)
+    return _process.kernel.run(qkv, key_mask, num_heads)
 
 
 @encoder_attention.register_fake

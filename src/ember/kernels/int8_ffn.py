@@ -20,15 +20,12 @@ int8 model then runs the torch ops.
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ember.kernels import library
-
-logger = logging.getLogger(__name__)
 
 SHIM_DECLARATION = (
     "AOTITorchError aoti_torch_cpu_int8_gelu_requantize(AtenTensorHandle acc, AtenTensorHandle row_scale, "
@@ -72,13 +69,8 @@ class Kernel:
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     """The kernel built for `isa` (None if it cannot be built here)."""
-    lib = library.load("int8_ffn.cpp", isa, cache_dir)
-    if lib is None or lib.ember_int8_ffn_vector_width() != isa.width:
-        return None
-    try:
-        library.bind_shim(lib, "ember_int8_ffn_bind")
-    except (OSError, AttributeError) as exc:  # a torch laid out unlike its wheels
-        logger.warning("Ember's int8 feed-forward kernel cannot reach torch's C shim (%s); using torch's ops", exc)
+    lib = library.load_bound("int8_ffn", isa, cache_dir)
+    if lib is None:
         return None
     raw = lib.ember_int8_gelu_requantize
     raw.restype = ctypes.c_int32
@@ -87,31 +79,28 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
     return Kernel(isa.name, raw, lib)
 
 
-_kernel: Kernel | None = None
-"""The kernel this process's int8 models use (set by prepare)."""
+_process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
+"""The kernel this process's int8 models use."""
 
 
 def prepare(cache_dir: str) -> str:
     """Build or load the kernel for this CPU (once per process); returns mode()."""
-    global _kernel
-    if _kernel is None:
-        isa = library.vector_isa()
-        _kernel = load_kernel(isa, cache_dir) if isa is not None else None
+    _process.prepare(cache_dir)
     return mode()
 
 
 def mode() -> str:
     """What runs the middle of an int8 feed-forward block: "ember-<isa>" or "torch"."""
-    return f"ember-{_kernel.isa}" if _kernel is not None else "torch"
+    return f"ember-{_process.kernel.isa}" if _process.kernel is not None else "torch"
 
 
 def supports() -> bool:
-    return _kernel is not None
+    return _process.kernel is not None
 
 
 def c_shims() -> dict[object, list[str]]:
     """aot_inductor.custom_ops_to_c_shims for a build whose graph may call the kernel."""
-    return {torch.ops.ember.int8_gelu_requantize.default: [SHIM_DECLARATION]} if _kernel is not None else {}
+    return {torch.ops.ember.int8_gelu_requantize.default: [SHIM_DECLARATION]} if _process.kernel is not None else {}
 
 
 def _check(acc: torch.Tensor, outliers: torch.Tensor, outlier_weight: torch.Tensor,
@@ -147,9 +136,9 @@ def int8_gelu_requantize(acc: torch.Tensor, row_scale: torch.Tensor, row_low: to
     if row_scale.shape != (acc.shape[0], 1) or row_low.shape != (acc.shape[0], 1) or outliers.shape[0] != acc.shape[0]:
         raise ValueError(f"row_scale, row_low must be [{acc.shape[0]}, 1] and outliers [{acc.shape[0]}, k], got "
                          f"{list(row_scale.shape)}, {list(row_low.shape)}, {list(outliers.shape)}")
-    if _kernel is None:
+    if _process.kernel is None:
         raise RuntimeError("ember::int8_gelu_requantize called before kernels.int8_ffn.prepare() loaded the kernel")
-    return _kernel.run(acc, row_scale, row_low, column_sum, weight_scale, bias, outliers, outlier_weight,
+    return _process.kernel.run(acc, row_scale, row_low, column_sum, weight_scale, bias, outliers, outlier_weight,
                        next_inv_smoothing, next_outlier_columns)
 
 

@@ -20,8 +20,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
 
@@ -49,6 +51,26 @@ def vector_isa() -> VectorIsa | None:
     return {"AVX512": AVX512, "AVX2": AVX2}.get(capability)
 
 
+K = TypeVar("K")
+
+
+class ProcessKernel(Generic[K]):
+    """The build of one kernel this process uses: loaded by prepare (None where it cannot be
+    built here), then read by its op and by the model code that decides whether to call it. Per
+    process, like torch's own backend switches."""
+
+    def __init__(self, load: Callable[[VectorIsa, str], K | None]) -> None:
+        self._load = load
+        self.kernel: K | None = None
+
+    def prepare(self, cache_dir: str) -> K | None:
+        """Build or load the kernel for this CPU's ISA (once: a failed build is remembered by load)."""
+        if self.kernel is None:
+            isa = vector_isa()
+            self.kernel = self._load(isa, cache_dir) if isa is not None else None
+        return self.kernel
+
+
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
 
@@ -62,6 +84,20 @@ def load(source: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
         if key not in _loaded:
             _loaded[key] = _build_and_load(SOURCES / source, isa, cache_dir)
         return _loaded[key]
+
+
+def load_bound(name: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
+    """kernels/<name>.cpp built for `isa`, checked (its ember_<name>_vector_width is the ISA's)
+    and bound to torch's C shim (ember_<name>_bind); None, logged, where any of that fails."""
+    lib = load(f"{name}.cpp", isa, cache_dir)
+    if lib is None or getattr(lib, f"ember_{name}_vector_width")() != isa.width:
+        return None
+    try:
+        bind_shim(lib, f"ember_{name}_bind")
+    except (OSError, AttributeError) as exc:  # a torch laid out unlike its wheels
+        logger.warning("Ember's %s kernel cannot reach torch's C shim (%s); using torch's ops instead", name, exc)
+        return None
+    return lib
 
 
 def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
