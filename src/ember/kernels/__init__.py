@@ -13,20 +13,26 @@ import threading
 from ember.kernels import attention, int8_ffn
 
 
-def prepare(cache_dir: str) -> str:
-    """Build or load every kernel for this CPU (once per process; the builds run side by side,
-    the compiler outside the GIL); returns mode()."""
-    beside = threading.Thread(target=int8_ffn.prepare, args=(cache_dir,), name="ember-kernel-int8-ffn", daemon=True)
-    beside.start()
+def prepare(cache_dir: str, *, int8_ffn_kernel: bool) -> str:
+    """Build or load the kernels a model needs on this CPU (once per process each; the builds run
+    side by side, the compiler outside the GIL): attention always, the int8 feed-forward kernel
+    for an int8 model on int_mm. Returns mode()."""
+    beside = None
+    if int8_ffn_kernel:
+        beside = threading.Thread(target=int8_ffn.prepare, args=(cache_dir,), name="ember-kernel-int8-ffn", daemon=True)
+        beside.start()
     attention.prepare(cache_dir)
-    beside.join()
-    return mode()
+    if beside is not None:
+        beside.join()
+    return mode(int8_ffn_kernel=int8_ffn_kernel)
 
 
-def mode() -> str:
-    """Which kernels run in this process, e.g. "attention=ember-avx512,int8_ffn=ember-avx512": what
-    a compiled graph calls, so part of its cache key."""
-    return f"attention={attention.mode()},int8_ffn={int8_ffn.mode()}"
+def mode(*, int8_ffn_kernel: bool) -> str:
+    """Which of the kernels a graph may call run in this process, e.g.
+    "attention=ember-avx512,int8_ffn=ember-avx512" (int8_ffn only for an int8 graph on int_mm,
+    so that a float graph's key does not depend on it): part of a compiled graph's cache key."""
+    parts = [f"attention={attention.mode()}"] + ([f"int8_ffn={int8_ffn.mode()}"] if int8_ffn_kernel else [])
+    return ",".join(parts)
 
 
 def c_shims() -> dict[object, list[str]]:

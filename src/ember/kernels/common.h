@@ -61,8 +61,9 @@ inline bool view(AtenTensorHandle t, View& v) {
   return shim.get_dim != nullptr && !shim.get_dim(t, &v.dim) && !shim.get_sizes(t, &v.sizes) &&
          !shim.get_strides(t, &v.strides) && !shim.get_dtype(t, &v.dtype) && !shim.get_data_ptr(t, &v.data);
 }
-// A new contiguous CPU tensor of `dim` sizes and `dtype`, and its data (false on failure).
+// A new contiguous CPU tensor of `dim` (<= 4) sizes and `dtype`, and its data (false on failure).
 inline bool allocate(int64_t dim, const int64_t* sizes, int32_t dtype, AtenTensorHandle* out, void** data) {
+  if (dim < 0 || dim > 4) return false;
   int64_t strides[4];
   int64_t stride = 1;
   for (int64_t d = dim - 1; d >= 0; --d) {

@@ -79,7 +79,7 @@ def package_key(model_files: list[Path], dtype: torch.dtype, plan: ShapePlan, ar
     """The cache key of what is built from these model files. per_thread_count=False for what
     does not depend on the thread count (the calibrated int8 layers), so that a process with
     other threads (a 1-CPU Ray actor beside a 2-thread server) reuses it. kernels: which of
-    Ember's kernels the graph calls (ember.kernels.mode()), for a compiled graph."""
+    Ember's kernels the graph calls (ember.kernels.mode(...)), for a compiled graph."""
     from ember import __version__
 
     digest = hashlib.sha256()
@@ -297,11 +297,12 @@ def _refuse_inlined_weights(program: torch.export.ExportedProgram, layers: list[
 
     used = {node.name for node in program.graph.nodes if node.op == "placeholder" and node.users}
     kinds = (InputKind.PARAMETER, InputKind.BUFFER)
+    per_layer = [_tensors(layer) for layer in layers]
     small = []
     for spec in program.graph_signature.input_specs:
         if spec.kind not in kinds or spec.arg.name not in used:
             continue
-        values = [_tensors(layer).get(spec.target) for layer in layers]
+        values = [tensors.get(spec.target) for tensors in per_layer]
         first = values[0]
         if first is None or first.dim() > 1 or first.numel() > 8:
             continue

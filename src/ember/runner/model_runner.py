@@ -45,11 +45,6 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, folder: ModelFolder | None = None) -> None:
         self.config = config
         mc = config.model_config
-        # Ember's kernels are built (first start, 0.3-0.4 s of the compiler each, side by side, outside
-        # the GIL) or loaded while the model loads; _await_kernels() joins them before the model first runs.
-        self._kernels = threading.Thread(target=kernels.prepare, name="ember-kernels", daemon=True,
-                                         args=(resolve_cache_dir(config.compile_config.compile_cache_dir),))
-        self._kernels.start()
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
         kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags())
         self.quantization = int8.resolve_quantization(
@@ -57,6 +52,15 @@ class ModelRunner:
             model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
         """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
+        # Asked for int8 without a fast kernel: the portable one.
+        int8_kernel = (kernel or int8.INT_MM) if self.quantization == "int8" else None
+        # Ember's kernels are built (first start, 0.3-0.4 s of the compiler each, side by side, outside
+        # the GIL) or loaded while the model loads; _await_kernels() joins them before the model first runs.
+        self._kernels = threading.Thread(
+            target=kernels.prepare, name="ember-kernels", daemon=True,
+            args=(resolve_cache_dir(config.compile_config.compile_cache_dir),),
+            kwargs={"int8_ffn_kernel": int8_kernel is not None and int8_kernel.name == "int_mm"})
+        self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
@@ -76,8 +80,8 @@ class ModelRunner:
         self.int8: int8.Int8Mode | None = None
         """The int8 lifecycle while quantization is "int8" (None in float)."""
         self._calibration_pending = False
-        if self.quantization == "int8":
-            self.int8 = self._int8_mode(kernel or int8.INT_MM)  # asked for without a fast kernel: the portable one
+        if int8_kernel is not None:
+            self.int8 = self._int8_mode(int8_kernel)
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
@@ -210,7 +214,11 @@ class ModelRunner:
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
         return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
                            per_thread_count=per_thread_count,
-                           kernels=kernels.mode() if per_thread_count else "")
+                           kernels=kernels.mode(int8_ffn_kernel=self._uses_int_mm()) if per_thread_count else "")
+
+    def _uses_int_mm(self) -> bool:
+        """Whether the int8 model (if any) runs int_mm, the kernel Ember's int8 feed-forward op serves."""
+        return self.int8 is not None and self.int8.kernel.name == "int_mm"
 
     def _await_kernels(self) -> None:
         """Wait until Ember's kernels are loaded (or known to be unavailable): the model's forward
