@@ -19,7 +19,7 @@ from ember.kernels import int8_ffn, library
 from ember.runner.aot_package import _refuse_inlined_weights
 from ember.runner.int8.kernel import INT_MM
 from ember.runner.int8.linear import Int8Linear, RationalGELU
-from tests.kernels import builds
+from tests.kernels import RUNS_INT8_MM, builds
 
 SMALL = {"max_num_seqs": 8, "quantization": "int8", "int8_kernel": "int_mm", "quantization_min_cosine": 0.5}
 
@@ -158,10 +158,10 @@ def test_a_per_layer_weight_the_compiler_would_inline_is_refused():
 
 
 def test_a_kernel_that_cannot_be_built_leaves_the_torch_ops_in_place(tiny_bert, tmp_path):
-    """The compiler fails on int8_ffn.cpp only: the int8 model runs the torch ops, with a warning,
-    and serves what the kernel's model does (within int8 rounding)."""
+    """The compiler fails on int8_ffn.cpp and int8_mm.cpp only: the int8 model runs the torch ops,
+    with a warning for each, and serves what the kernels' model does (within int8 rounding)."""
     compiler = tmp_path / "cxx"
-    compiler.write_text('#!/bin/sh\ncase "$*" in *int8_ffn.cpp*) echo "simulated failure" >&2; exit 1;; esac\n'
+    compiler.write_text('#!/bin/sh\ncase "$*" in *int8_ffn.cpp*|*int8_mm.cpp*) echo "simulated failure" >&2; exit 1;; esac\n'
                         'exec g++ "$@"\n')
     compiler.chmod(0o755)
     texts = ["a short text", "another, longer text than that"]
@@ -177,6 +177,7 @@ print(json.dumps({{"vectors": vectors.tolist(), "quantization": llm.stats()["qua
                             env={**os.environ, "CXX": str(compiler)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "could not build Ember's int8_ffn kernel" in result.stderr and "simulated failure" in result.stderr
+    assert "could not build Ember's int8_mm kernel" in result.stderr or not RUNS_INT8_MM
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["quantization"] == "int8" and report["linked"] > 0  # linked, but the torch ops run
     with_kernel = LLM(str(tiny_bert), compile_cache_dir=str(tmp_path / "with-kernel"), **SMALL)

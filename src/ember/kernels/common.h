@@ -28,6 +28,7 @@ struct Shim {
   AOTITorchError (*get_data_ptr)(AtenTensorHandle, void**);
   AOTITorchError (*empty_strided)(int64_t, const int64_t*, const int64_t*, int32_t, int32_t, int32_t, AtenTensorHandle*);
   AOTITorchError (*delete_tensor)(AtenTensorHandle);
+  AOTITorchError (*int_mm_out)(AtenTensorHandle, AtenTensorHandle, AtenTensorHandle);
   int32_t dtype_float32, dtype_bool, dtype_int8, dtype_int32, dtype_int64, device_cpu;
 };
 Shim shim{};
@@ -41,6 +42,7 @@ inline void bind(void* const* functions, const int32_t* codes) {
   shim.get_data_ptr = reinterpret_cast<decltype(shim.get_data_ptr)>(functions[4]);
   shim.empty_strided = reinterpret_cast<decltype(shim.empty_strided)>(functions[5]);
   shim.delete_tensor = reinterpret_cast<decltype(shim.delete_tensor)>(functions[6]);
+  shim.int_mm_out = reinterpret_cast<decltype(shim.int_mm_out)>(functions[7]);
   shim.dtype_float32 = codes[0];
   shim.dtype_bool = codes[1];
   shim.dtype_int8 = codes[2];

@@ -43,6 +43,22 @@ class VectorIsa:
 
 AVX512 = VectorIsa("avx512", 16, ("-mavx512f", "-mavx2", "-mfma"))
 AVX2 = VectorIsa("avx2", 8, ("-mavx2", "-mfma"))
+AVX512_VNNI = VectorIsa("avx512-vnni", 16, (*AVX512.flags, "-mavx512bw", "-mavx512vnni"))
+"""For a kernel of int8 dot products (int8_mm.cpp); built only where the CPU reports them."""
+AVX512_BF16 = VectorIsa("avx512-bf16", 16, (*AVX512.flags, "-mavx512bw", "-mavx512bf16"))
+"""AVX-512 with bf16 dot products (attention.cpp's bf16 variant); built only where the CPU reports them."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo), empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def vector_isa() -> VectorIsa | None:
@@ -140,7 +156,8 @@ def _compile(source: Path, isa: VectorIsa, target: Path) -> None:
 
 
 SHIM_FUNCTIONS = ("aoti_torch_get_dim", "aoti_torch_get_dtype", "aoti_torch_get_sizes", "aoti_torch_get_strides",
-                  "aoti_torch_get_data_ptr", "aoti_torch_empty_strided", "aoti_torch_delete_tensor_object")
+                  "aoti_torch_get_data_ptr", "aoti_torch_empty_strided", "aoti_torch_delete_tensor_object",
+                  "aoti_torch_cpu__int_mm_out")
 """The C shim functions a kernel's shim entry calls, in common.h's Shim order."""
 SHIM_CODES = ("aoti_torch_dtype_float32", "aoti_torch_dtype_bool", "aoti_torch_dtype_int8", "aoti_torch_dtype_int32",
               "aoti_torch_dtype_int64", "aoti_torch_device_type_cpu")

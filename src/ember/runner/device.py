@@ -9,19 +9,9 @@ from functools import cache
 import torch
 
 from ember.config import DType
+from ember.kernels.library import cpu_flags
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def core_representatives() -> list[int]:

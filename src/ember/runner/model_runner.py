@@ -59,7 +59,7 @@ class ModelRunner:
         self._kernels = threading.Thread(
             target=kernels.prepare, name="ember-kernels", daemon=True,
             args=(resolve_cache_dir(config.compile_config.compile_cache_dir),),
-            kwargs={"int8_ffn_kernel": int8_kernel is not None and int8_kernel.name == "int_mm"})
+            kwargs={"int8_kernels": int8_kernel is not None and int8_kernel.name == "int_mm"})
         self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.model = build_model(self.folder, self.dtype)
@@ -214,10 +214,10 @@ class ModelRunner:
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
         return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
                            per_thread_count=per_thread_count,
-                           kernels=kernels.mode(int8_ffn_kernel=self._uses_int_mm()) if per_thread_count else "")
+                           kernels=kernels.mode(int8_kernels=self._uses_int_mm()) if per_thread_count else "")
 
     def _uses_int_mm(self) -> bool:
-        """Whether the int8 model (if any) runs int_mm, the kernel Ember's int8 feed-forward op serves."""
+        """Whether the int8 model (if any) runs int_mm, the kernel Ember's int8 ops (int8_ffn, int8_mm) serve."""
         return self.int8 is not None and self.int8.kernel.name == "int_mm"
 
     def _await_kernels(self) -> None:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ember.kernels import int8_ffn
+from ember.kernels import int8_ffn, int8_mm
 from ember.runner.int8.kernel import Int8Kernel
 
 MAX_OUTLIERS = 4
@@ -87,6 +87,11 @@ class Int8Linear(nn.Module):
         # values as literals, and a package runs with other layers' (and a template's) buffers.
         self.register_buffer("outlier_columns", outlier_index.reshape(1, -1), persistent=False)
         self.__dict__["gelu_into"] = None  # set by link_feed_forwards; not a submodule (it is a sibling)
+        if kernel.name == "int_mm" and int8_mm.shape_supported(*weight_int8.shape):
+            # What Ember's int8_mm kernel multiplies a few rows by (kernels/int8_mm.py).
+            packed, compensation = int8_mm.pack(weight_int8)
+            self.register_buffer("weight_vnni", packed, persistent=False)
+            self.register_buffer("weight_compensation", compensation, persistent=False)
         if kernel.name == "onednn":  # what the graph multiplies by; weight_int8 stays for the cache
             self.register_buffer("weight_packed", kernel.pack(weight_int8), persistent=False)
             self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape[0], dtype=torch.int32),
@@ -134,7 +139,7 @@ class Int8Linear(nn.Module):
         if self.kernel.name == "int_mm":
             # x ~ scale * (q + 128) + low, q in [-128, 127]. With W ~ W_int8 * weight_scale,
             # x @ W^T = weight_scale * (scale * (q @ W_int8) + (128 * scale + low) * column_sum(W_int8)).
-            accumulated = torch._int_mm((steps - 128).to(torch.int8), self.weight_int8)
+            accumulated = self._int_mm((steps - 128).to(torch.int8))
             if self.gelu_into is not None and int8_ffn.supports():
                 return self._gelu_requantize(accumulated, scale, low, outliers, tuple(x.shape[:-1]))
             offset = (128 * scale + low) * self.weight_column_sum
@@ -149,6 +154,12 @@ class Int8Linear(nn.Module):
             out = out + value * self.outlier_weight[j]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
+    def _int_mm(self, q: torch.Tensor) -> torch.Tensor:
+        """q [rows, in] int8 @ weight_int8, int32: in Ember's kernel where it runs (the same result)."""
+        if hasattr(self, "weight_vnni") and int8_mm.supports():
+            return torch.ops.ember.int8_mm(q, self.weight_int8, self.weight_vnni, self.weight_compensation)
+        return torch._int_mm(q, self.weight_int8)
+
     def _gelu_requantize(self, accumulated: torch.Tensor, scale: torch.Tensor, low: torch.Tensor,
                          outliers: list[torch.Tensor], leading: tuple[int, ...]) -> QuantizedRows:
         """This linear's output through the GELU, on gelu_into's int8 grid (kernels/int8_ffn.py)."""
@@ -161,7 +172,7 @@ class Int8Linear(nn.Module):
 
     def _from_quantized(self, x: QuantizedRows) -> torch.Tensor:
         """The int_mm path on an input that arrives quantized for this linear."""
-        accumulated = torch._int_mm(x.steps, self.weight_int8).float()
+        accumulated = self._int_mm(x.steps).float()
         out = (accumulated * x.scale + (128 * x.scale + x.low) * self.weight_column_sum) * self.weight_scale + self.bias
         for j in range(self.outlier_weight.shape[0]):
             out = out + x.outliers[:, j:j + 1] * self.outlier_weight[j]

@@ -1,0 +1,153 @@
+// int8 x int8 -> int32 matrix product on AVX512-VNNI for the few rows of a single request, on a
+// weight packed once for it: what torch._int_mm(a, w) computes, bit for bit. See int8_mm.py for
+// why it exists and how it is called.
+//
+// The packed weight (int8_mm.py pack) is [K, N] in panels of 64 columns (NV = 4 vectors of 16
+// int32 lanes): panel p holds, for each group of 4 rows k = 4t..4t+3, its 4 vectors' 16 columns
+// with their 4 bytes side by side, the layout vpdpbusd reads. vpdpbusd multiplies unsigned bytes
+// by signed bytes, so a row of a is read as a + 128 (its bytes XOR 0x80) and each column's
+// accumulator starts at the compensation -128 * sum_k w[k, n]: exact in int32 while
+// K * 255 * 128 < 2^31 (K < 65793).
+//
+// A task is a block of rows and one panel; the register tile is MR rows x NV vectors (24 of the 32
+// registers accumulate). Above kMaxRows rows the shim hands the product to torch's _int_mm
+// (oneDNN), which packs the plain weight per call: that costs a few rows little and a batch
+// nothing, where this kernel is on par.
+
+#include "common.h"
+
+namespace {
+
+#if EMBER_W != 16
+#error "int8_mm.cpp is built for AVX512-VNNI only (EMBER_W=16)"
+#endif
+
+typedef int32_t V16 __attribute__((vector_size(64), aligned(64)));
+typedef int32_t V16u __attribute__((vector_size(64), aligned(4)));
+
+constexpr int NV = 4;                   // vectors of 16 columns per panel
+constexpr int PANEL = NV * 16;          // columns per panel
+constexpr int MR = 6;                   // rows per register tile
+constexpr int64_t ROW_BLOCK = 16 * MR;  // rows per task
+constexpr int64_t kMaxRows = 256;       // rows up to which the shim runs this kernel
+constexpr int32_t kFlip = static_cast<int32_t>(0x80808080u);
+
+// acc += the dot products of a's unsigned and b's signed byte quads (vpdpbusd; inline assembly, as
+// GCC's and Clang's builtins for it differ).
+inline V16 dpbusd(V16 acc, V16 a, V16 b) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+inline V16 splat_int(int32_t x) { return (V16{} + 1) * x; }
+
+// Rows m0..m0+R of c, columns of one panel (nv vectors of it), from the panel's packed weight.
+template <int R, int NVT>
+inline void tile(const int8_t* a, int64_t K, const int8_t* panel, const int32_t* compensation, int32_t* c, int64_t N) {
+  V16 acc[R][NVT];
+  for (int v = 0; v < NVT; ++v) {
+    const V16 start = *reinterpret_cast<const V16u*>(compensation + v * 16);
+    for (int r = 0; r < R; ++r) acc[r][v] = start;
+  }
+  const V16 flip = splat_int(kFlip);
+  const int64_t groups = K / 4;
+  for (int64_t t = 0; t < groups; ++t) {
+    V16 w[NVT];
+    for (int v = 0; v < NVT; ++v) w[v] = *reinterpret_cast<const V16*>(panel + (t * NV + v) * 64);
+    for (int r = 0; r < R; ++r) {
+      int32_t word;
+      __builtin_memcpy(&word, a + r * K + 4 * t, 4);
+      const V16 x = splat_int(word) ^ flip;
+      for (int v = 0; v < NVT; ++v) acc[r][v] = dpbusd(acc[r][v], x, w[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NVT; ++v) *reinterpret_cast<V16u*>(c + r * N + v * 16) = acc[r][v];
+}
+
+// tile<R, NVT> for rows = R, R - 1, ..., 1 (the last tile of a block may be short).
+template <int R, int NVT>
+inline void rows_tile(int64_t rows, const int8_t* a, int64_t K, const int8_t* panel, const int32_t* comp, int32_t* c,
+                      int64_t N) {
+  if constexpr (R > 1) {
+    if (rows < R) return rows_tile<R - 1, NVT>(rows, a, K, panel, comp, c, N);
+  }
+  tile<R, NVT>(a, K, panel, comp, c, N);
+}
+
+// c [M, N] = a [M, K] @ w, w packed by pack(); K % 4 == 0, N % 16 == 0.
+void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed, const int32_t* compensation, int64_t N,
+            int32_t* c) {
+  const int64_t panels = (N + PANEL - 1) / PANEL, blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
+  const int64_t panel_bytes = (K / 4) * NV * 64;
+#pragma omp parallel for collapse(2) schedule(static)  // panels outer: each thread keeps its panels in cache
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = p * PANEL, nv = min_of<int64_t>(NV, (N - n0) / 16);
+      const int8_t* panel = packed + p * panel_bytes;
+      const int64_t m_end = min_of<int64_t>(M, (b + 1) * ROW_BLOCK);
+      for (int64_t m = b * ROW_BLOCK; m < m_end; m += MR) {
+        const int64_t rows = min_of<int64_t>(MR, m_end - m);
+        const int8_t* am = a + m * K;
+        int32_t* cm = c + m * N + n0;
+        const int32_t* comp = compensation + n0;
+        switch (nv) {
+          case 4: rows_tile<MR, 4>(rows, am, K, panel, comp, cm, N); break;
+          case 3: rows_tile<MR, 3>(rows, am, K, panel, comp, cm, N); break;
+          case 2: rows_tile<MR, 2>(rows, am, K, panel, comp, cm, N); break;
+          default: rows_tile<MR, 1>(rows, am, K, panel, comp, cm, N); break;
+        }
+      }
+    }
+}
+
+bool supported(int64_t K, int64_t N) { return K > 0 && K % 4 == 0 && K < 65793 && N > 0 && N % 16 == 0; }
+
+}  // namespace
+
+extern "C" {
+
+void ember_int8_mm_bind(void* const* functions, const int32_t* codes) { bind(functions, codes); }
+
+int32_t ember_int8_mm_vector_width() { return W; }
+
+// Rows up to which the shim runs this kernel (above: torch's _int_mm).
+int64_t ember_int8_mm_max_rows() { return kMaxRows; }
+
+// c [M, N] = a [M, K] @ w (contiguous a and c): returns 0, or 1 if K, N are not supported.
+int32_t ember_int8_mm(const int8_t* a, int64_t M, int64_t K, const int8_t* packed, const int32_t* compensation,
+                      int64_t N, int32_t* c) {
+  if (!supported(K, N)) return 1;
+  matmul(a, M, K, packed, compensation, N, c);
+  return 0;
+}
+
+// The AOTInductor C shim of ember::int8_mm (what a compiled graph calls): a int8 [M, K] and
+// weight int8 [K, N], both with unit stride in their last dimension, a's rows contiguous; packed
+// int8 [N / 64 panels, K / 4 * 256] and compensation int32 [N] from int8_mm.py pack. Returns int32
+// [M, N]: this kernel up to kMaxRows rows, torch's _int_mm on weight above.
+AOTITorchError aoti_torch_cpu_int8_mm(AtenTensorHandle a, AtenTensorHandle weight, AtenTensorHandle packed,
+                                      AtenTensorHandle compensation, AtenTensorHandle* ret0) {
+  View x, w, p, comp;
+  if (!view(a, x) || !view(weight, w) || !view(packed, p) || !view(compensation, comp) || x.dim != 2 || w.dim != 2 ||
+      x.dtype != shim.dtype_int8 || w.dtype != shim.dtype_int8 || p.dtype != shim.dtype_int8 ||
+      comp.dtype != shim.dtype_int32 || comp.dim != 1)
+    return AOTI_TORCH_FAILURE;
+  const int64_t M = x.sizes[0], K = x.sizes[1], N = w.sizes[1];
+  if (w.sizes[0] != K || !supported(K, N) || comp.sizes[0] != N || comp.strides[0] != 1 || p.dim != 2 ||
+      p.sizes[0] != (N + PANEL - 1) / PANEL || p.sizes[1] != K / 4 * NV * 64 || p.strides[1] != 1 ||
+      p.strides[0] != p.sizes[1])
+    return AOTI_TORCH_FAILURE;
+  const int64_t sizes[2] = {M, N};
+  void* out;
+  if (!allocate(2, sizes, shim.dtype_int32, ret0, &out)) return AOTI_TORCH_FAILURE;
+  if (M > kMaxRows) return shim.int_mm_out(*ret0, a, weight);
+  if (M > 0 && (x.strides[1] != 1 || (M > 1 && x.strides[0] != K))) {
+    shim.delete_tensor(*ret0);
+    return AOTI_TORCH_FAILURE;
+  }
+  matmul(static_cast<const int8_t*>(x.data), M, K, static_cast<const int8_t*>(p.data),
+         static_cast<const int32_t*>(comp.data), N, static_cast<int32_t*>(out));
+  return AOTI_TORCH_SUCCESS;
+}
+
+}  // extern "C"

@@ -1,0 +1,152 @@
+"""ember::int8_mm: torch._int_mm(a, weight) for the few rows of a single request, in Ember's own kernel.
+
+An int8 encoder layer runs four int8 GEMMs. torch._int_mm hands them to oneDNN with the plain
+[K, N] weight, which oneDNN reorders for its VNNI kernel on every call: at a batch of 1024 rows
+that is nothing, at the 16 rows of one search query it is most of the call (MiniLM's four GEMMs
+per layer: ~0.16 ms at 16 rows, where the arithmetic needs ~0.06). This kernel (int8_mm.cpp)
+multiplies by a weight packed once, at load, in the layout AVX512-VNNI's vpdpbusd reads (`pack`),
+and is exactly _int_mm: the same int32 accumulator, bit for bit. At MiniLM's shapes on 2 cores it
+took 0.4-0.8x of _int_mm's time up to 64 rows and 0.9-1.0x up to 256; above 256 rows (the batches
+of a throughput run) it is on par or a little slower, so its C shim hands those to torch's _int_mm
+and the op is never slower than the one it replaces. The int8 model keeps both weights: the
+packed one costs as much memory again as the int8 weight (MiniLM: +11 MB).
+
+Only for AVX512-VNNI (where the int_mm kernel runs); an AVX-VNNI (256-bit) or AMX CPU keeps
+_int_mm. Called like the other kernels (attention.py): eager through ctypes, compiled graphs
+through its C shim `aoti_torch_cpu_int8_mm`; `supports()` is False until `prepare` has loaded it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ember.kernels import library
+
+SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_int8_mm(AtenTensorHandle a, AtenTensorHandle weight, "
+                    "AtenTensorHandle packed, AtenTensorHandle compensation, AtenTensorHandle* ret0)")
+PANEL = 64
+"""Weight columns per packed panel (int8_mm.cpp)."""
+MAX_K = 65792
+"""Largest K whose accumulator (with the +128 offset of the unsigned operand) stays in int32."""
+
+
+def shape_supported(in_features: int, out_features: int) -> bool:
+    """Whether the kernel multiplies by a [in_features, out_features] weight."""
+    return 0 < in_features <= MAX_K and in_features % 4 == 0 and out_features > 0 and out_features % 16 == 0
+
+
+def pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's packed weight and compensation from an int8 [K, N] weight: packed int8
+    [N / 64 panels (rounded up), K / 4 * 256], holding for each panel and each group of 4 rows the
+    panel's columns with their 4 bytes side by side; compensation int32 [N] = -128 * sum_k w[k, n]."""
+    in_features, out_features = weight.shape
+    if weight.dtype != torch.int8 or not shape_supported(in_features, out_features):
+        raise ValueError(f"weight must be int8 [K, N] with K % 4 == 0 and N % 16 == 0, got {weight.dtype} "
+                         f"{list(weight.shape)}")
+    panels = -(-out_features // PANEL)
+    padded = torch.zeros(in_features, panels * PANEL, dtype=torch.int8)
+    padded[:, :out_features] = weight
+    # [K/4, 4, panel, vector, column] -> [panel, K/4, vector, column, 4]
+    blocked = padded.reshape(in_features // 4, 4, panels, PANEL // 16, 16).permute(2, 0, 3, 4, 1)
+    packed = blocked.reshape(panels, in_features // 4 * PANEL * 4).contiguous()
+    compensation = (weight.sum(0, dtype=torch.int32) * -128).to(torch.int32).contiguous()
+    return packed, compensation
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """The build of int8_mm.cpp, loaded, on a CPU that runs it."""
+
+    raw: Callable[..., int]
+    """ember_int8_mm (int8_mm.cpp), the eager entry."""
+    max_rows: int
+    """Rows up to which the kernel multiplies (above, _int_mm)."""
+    library: ctypes.CDLL
+
+    def run(self, a: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, compensation: torch.Tensor,
+            ) -> torch.Tensor:
+        if a.shape[0] > self.max_rows:
+            return torch._int_mm(a, weight)
+        a = a.contiguous()
+        out = torch.empty(a.shape[0], weight.shape[1], dtype=torch.int32)
+        status = self.raw(a.data_ptr(), a.shape[0], a.shape[1], packed.contiguous().data_ptr(),
+                          compensation.contiguous().data_ptr(), weight.shape[1], out.data_ptr())
+        if status != 0:
+            raise ValueError(f"int8_mm does not support K={a.shape[1]}, N={weight.shape[1]}")
+        return out
+
+
+def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
+    """The kernel, if this CPU runs AVX512-VNNI and torch runs AVX-512 here (None otherwise, or
+    where it cannot be built)."""
+    if isa != library.AVX512 or not {"avx512_vnni", "avx512bw"} <= library.cpu_flags():
+        return None
+    lib = library.load_bound("int8_mm", library.AVX512_VNNI, cache_dir)
+    if lib is None:
+        return None
+    raw = lib.ember_int8_mm
+    raw.restype = ctypes.c_int32
+    raw.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                    ctypes.c_void_p]
+    lib.ember_int8_mm_max_rows.restype = ctypes.c_int64
+    return Kernel(raw, lib.ember_int8_mm_max_rows(), lib)
+
+
+_process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
+"""The kernel this process's int8 models use."""
+
+
+def prepare(cache_dir: str) -> str:
+    """Build or load the kernel for this CPU (once per process); returns mode()."""
+    _process.prepare(cache_dir)
+    return mode()
+
+
+def mode() -> str:
+    """What multiplies an int8 linear's few rows: "ember-avx512-vnni" or "torch"."""
+    return f"ember-{library.AVX512_VNNI.name}" if _process.kernel is not None else "torch"
+
+
+def supports() -> bool:
+    return _process.kernel is not None
+
+
+def c_shims() -> dict[object, list[str]]:
+    """aot_inductor.custom_ops_to_c_shims for a build whose graph may call the kernel."""
+    return {torch.ops.ember.int8_mm.default: [SHIM_DECLARATION]} if _process.kernel is not None else {}
+
+
+def _check(a: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, compensation: torch.Tensor) -> None:
+    if a.dim() != 2 or a.dtype != torch.int8 or weight.dim() != 2 or weight.dtype != torch.int8 \
+            or weight.shape[0] != a.shape[1]:
+        raise ValueError(f"a must be int8 [M, K] and weight int8 [K, N], got {a.dtype} {list(a.shape)} and "
+                         f"{weight.dtype} {list(weight.shape)}")
+    in_features, out_features = weight.shape
+    if not shape_supported(in_features, out_features):
+        raise ValueError(f"weight must have K % 4 == 0 and N % 16 == 0, got {list(weight.shape)}")
+    expected = (-(-out_features // PANEL), in_features // 4 * PANEL * 4)
+    if packed.dtype != torch.int8 or tuple(packed.shape) != expected:
+        raise ValueError(f"packed must be int8 {list(expected)} (int8_mm.pack), got {packed.dtype} {list(packed.shape)}")
+    if compensation.dtype != torch.int32 or tuple(compensation.shape) != (out_features,):
+        raise ValueError(f"compensation must be int32 [{out_features}], got {compensation.dtype} "
+                         f"{list(compensation.shape)}")
+
+
+@torch.library.custom_op("ember::int8_mm", mutates_args=())
+def int8_mm(a: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, compensation: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm(a, weight): int8 [M, K] x int8 [K, N] -> int32 [M, N], with weight's
+    int8_mm.pack (packed, compensation) beside it."""
+    _check(a, weight, packed, compensation)
+    if _process.kernel is None:
+        raise RuntimeError("ember::int8_mm called before kernels.int8_mm.prepare() loaded the kernel")
+    return _process.kernel.run(a, weight, packed, compensation)
+
+
+@int8_mm.register_fake
+def _(a: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor, compensation: torch.Tensor) -> torch.Tensor:
+    _check(a, weight, packed, compensation)
+    return a.new_empty(a.shape[0], weight.shape[1], dtype=torch.int32)

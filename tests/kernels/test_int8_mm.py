@@ -1,0 +1,105 @@
+"""Ember's int8 GEMM for a few rows (ember/kernels/int8_mm.py): exactly torch._int_mm wherever it
+runs, loaded only on a CPU with AVX512-VNNI, used by the int8 model's linears (same vectors as
+_int_mm), refusing bad inputs by name; the compiled graph calls it through its C shim."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from ember import LLM, kernels
+from ember.kernels import int8_mm, library
+from ember.runner.int8.kernel import INT_MM
+from ember.runner.int8.linear import Int8Linear
+from tests.kernels import RUNS_INT8_MM
+
+SMALL = {"max_num_seqs": 8, "quantization": "int8", "int8_kernel": "int_mm", "quantization_min_cosine": 0.5}
+
+
+def _operands(rows: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(rows * 7 + k * 3 + n)
+    a = torch.randint(-128, 128, (rows, k), dtype=torch.int8, generator=generator)
+    return a, torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
+
+
+def test_it_loads_exactly_where_the_cpu_runs_it(tmp_path):
+    kernel = int8_mm.load_kernel(library.vector_isa() or library.AVX2, str(tmp_path))
+    assert (kernel is not None) == RUNS_INT8_MM
+    assert int8_mm.load_kernel(library.AVX2, str(tmp_path)) is None  # a run held to AVX2 keeps _int_mm
+
+
+@pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI (the test above checks it is not loaded)")
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 384, 1152), (5, 36, 16), (16, 384, 1536), (7, 1536, 384),
+                                              (100, 64, 80), (256, 32, 112), (257, 32, 48), (0, 8, 16)])
+def test_the_product_is_int_mm_bit_for_bit(tmp_path, rows, k, n):
+    """Panels with 1-3 vectors in the last one, row tiles of 1-6, the largest row count the kernel
+    runs (256) and one above it (torch's _int_mm then), an empty batch."""
+    int8_mm.prepare(str(tmp_path))
+    a, weight = _operands(rows, k, n)
+    packed, compensation = int8_mm.pack(weight)
+    out = torch.ops.ember.int8_mm(a, weight, packed, compensation)
+    assert out.dtype == torch.int32 and torch.equal(out, a.int() @ weight.int())
+
+
+def test_the_packed_layout_holds_each_weight_once():
+    """Every weight byte lands in its (panel, group of 4 rows, column, row in group) slot; the
+    padding of the last panel is 0; the compensation is -128 x the column sums."""
+    _, weight = _operands(3, 8, 80)
+    packed, compensation = int8_mm.pack(weight)
+    assert packed.shape == (2, 8 // 4 * 256)
+    slots = packed.reshape(2, 2, 64, 4)  # [panel, k / 4, column in panel, k % 4]
+    for k, n in [(0, 0), (5, 17), (7, 79), (3, 64)]:
+        assert slots[n // 64, k // 4, n % 64, k % 4] == weight[k, n]
+    assert not slots[1, :, 16:, :].any()
+    assert torch.equal(compensation, weight.int().sum(0) * -128)
+
+
+def test_bad_inputs_are_refused_with_what_is_wrong():
+    a, weight = _operands(4, 32, 32)
+    packed, compensation = int8_mm.pack(weight)
+    with pytest.raises(ValueError, match="a must be int8"):
+        torch.ops.ember.int8_mm(a.float(), weight, packed, compensation)
+    with pytest.raises(ValueError, match="weight int8 \\[K, N\\]"):
+        torch.ops.ember.int8_mm(a, weight[:16], packed, compensation)
+    with pytest.raises(ValueError, match="packed must be int8 \\[1, 2048\\]"):
+        torch.ops.ember.int8_mm(a, weight, packed[:, :64], compensation)
+    with pytest.raises(ValueError, match="compensation must be int32 \\[32\\]"):
+        torch.ops.ember.int8_mm(a, weight, packed, compensation.float())
+    with pytest.raises(ValueError, match="K % 4 == 0 and N % 16 == 0"):
+        int8_mm.pack(torch.zeros(6, 16, dtype=torch.int8))
+
+
+@pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI")
+def test_an_int8_linear_gives_what_int_mm_gives(tmp_path, monkeypatch):
+    """Same output, bit for bit, with the kernel and with _int_mm; a shape the kernel does not
+    take (N % 16 != 0) has no packed weight and runs _int_mm."""
+    int8_mm.prepare(str(tmp_path))
+    torch.manual_seed(0)
+    linear = Int8Linear.from_float(INT_MM, torch.nn.Linear(64, 96), None, torch.arange(2))
+    x = torch.randn(2, 9, 64)
+    ours = linear(x)
+    monkeypatch.setattr(int8_mm, "supports", lambda: False)
+    assert torch.equal(ours, linear(x))
+    assert not hasattr(Int8Linear.from_float(INT_MM, torch.nn.Linear(64, 40), None), "weight_vnni")
+
+
+@pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI")
+def test_the_compiled_model_calls_the_shim_and_serves_the_int_mm_vectors(tiny_bert, tmp_path, monkeypatch):
+    """A whole-model package calls aoti_torch_cpu_int8_mm; its vectors are the eager model's (which
+    runs the same int32 products), on batches below and above the kernel's 256 rows."""
+    texts = [("quick brown fox " * n).strip() for n in range(19, 0, -1)]  # 8 x ~55 tokens: > 256 rows
+    compiled = LLM(str(tiny_bert), compile_cache_dir=str(tmp_path), **SMALL)
+    assert "int8_mm=ember-avx512-vnni" in kernels.mode(int8_kernels=True)  # part of the package key
+    (package,) = tmp_path.glob("*.pt2")
+    with zipfile.ZipFile(package) as archive:
+        wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
+    assert "aoti_torch_cpu_int8_mm(" in wrapper
+    eager = LLM(str(tiny_bert), enforce_eager=True, compile_cache_dir="", **SMALL)
+    for batch in (texts[:1], texts):
+        ours = np.stack([o.outputs.data for o in compiled.embed(batch)])
+        ref = np.stack([o.outputs.data for o in eager.embed(batch)])
+        assert ((ours * ref).sum(axis=1) >= 0.9999).all()
+    assert compiled.stats()["compiles_after_ready"] == 0
