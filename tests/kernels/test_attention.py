@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ember import LLM
 from ember.kernels import attention, library
 from tests.conftest import check_close, transformers_pooled
-from tests.kernels import builds
+from tests.kernels import attention_isa, builds
 from tests.texts import varied_texts
 from tests.tiny_models import build_tiny_bert
 
@@ -31,11 +31,12 @@ def _sdpa(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor
 
 def test_this_cpu_gets_the_kernel_of_its_widest_isa(tmp_path):
     """An x86 CPU with AVX2 (every machine this project runs on) builds the kernel at first use."""
-    isa = library.vector_isa()
+    isa = attention_isa()
     assert isa is not None, f"torch reports CPU capability {torch.backends.cpu.get_cpu_capability()}"
     assert attention.prepare(str(tmp_path)) == f"ember-{isa.name}"
     assert attention.supports(32, torch.float32) and not attention.supports(32, torch.bfloat16)
     assert not attention.supports(8, torch.float32)  # below two vectors: SDPA
+    assert attention.supports(32, torch.float32, bf16=True) == (isa == library.AVX512_BF16)
 
 
 @pytest.mark.parametrize("isa", builds(), ids=lambda isa: isa.name)
@@ -58,6 +59,29 @@ def test_kernel_equals_sdpa(tmp_path, isa, batch, seq, heads, head_dim):
         sdpa_error = (sdpa[b, :length].double() - exact[b, :length]).abs().max().item()
         assert error <= 2 * sdpa_error + 1e-6, f"row {b}: {error:.2e} from float64, SDPA {sdpa_error:.2e}"
         assert not ours[b, length:].any(), "rows past the last kept key are zeros"
+
+
+@pytest.mark.skipif(attention_isa() != library.AVX512_BF16, reason="the bf16 variant needs AVX512-BF16 (the test "
+                    "above checks it is not offered)")
+@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"), [(1, 1, 12, 32), (3, 37, 12, 32), (2, 300, 4, 64),
+                                                                 (1, 129, 3, 128)])
+def test_the_bf16_variant_is_within_bf16_rounding_of_float64(tmp_path, batch, seq, heads, head_dim):
+    """Odd key counts (a pair's second key is padding), dropped keys, padded rows; the error is
+    bf16's (~3 digits per product), not a wrong layout (which would be of the output's size)."""
+    kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
+    assert kernel is not None and kernel.bf16
+    gen = torch.Generator().manual_seed(batch * seq + head_dim)
+    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
+    lengths = [max(1, seq - 7 * b) for b in range(batch)]
+    key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    if seq > 5:
+        key_mask[0, 2] = False
+    ours, exact = kernel.run(qkv, key_mask, heads, bf16=True), _sdpa(qkv.double(), key_mask, heads)
+    for b, length in enumerate(lengths):
+        error = ours[b, :length].double() - exact[b, :length]
+        assert error.norm() <= 1e-2 * exact[b, :length].norm() and error.abs().max() <= 0.05
+        assert not ours[b, length:].any(), "rows past the last kept key are zeros"
+    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), "the bf16 products ran"
 
 
 def test_kernel_reads_a_strided_projection(tmp_path):
@@ -96,7 +120,7 @@ def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_pat
     texts = [t for t in varied_texts(40) if t.strip()]
     llm = LLM(str(tiny_bert_head_32), dtype="float32", enforce_eager=enforce_eager, compile_cache_dir=str(tmp_path))
     stats = llm.stats()
-    assert stats["attention_kernel"] == f"ember-{library.vector_isa().name}"
+    assert stats["attention_kernel"] == f"ember-{attention_isa().name}"
     ours = np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
     check_close(ours=ours, ref=transformers_pooled(tiny_bert_head_32, texts, "MEAN", True), name_ours="ember",
                 name_ref="transformers", tol=1e-5, label="kernel")
@@ -106,7 +130,26 @@ def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_pat
         with zipfile.ZipFile(package) as archive:
             wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
         assert "AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_encoder_attention(" in wrapper
+        assert "CHECK(aoti_torch_cpu_encoder_attention_bf16(" not in wrapper  # float32 attention for a float model
         assert "aoti_torch_proxy_executor_call_function" not in wrapper
+
+
+def test_the_int8_model_runs_attention_in_bf16_where_the_cpu_has_it(tiny_bert_head_32, tmp_path):
+    """int8 sets every layer's attention_bf16; the compiled package calls the bf16 shim (where the
+    CPU has AVX512-BF16; elsewhere the float32 one) and serves what the eager int8 model does."""
+    int8 = {"quantization": "int8", "quantization_min_cosine": 0.5}
+    texts = [t for t in varied_texts(16) if t.strip()]
+    compiled = LLM(str(tiny_bert_head_32), compile_cache_dir=str(tmp_path), **int8)
+    assert all(layer.attention_bf16 for layer in compiled.engine.runner.model.layers)
+    (package,) = tmp_path.glob("encoder-*.pt2")
+    with zipfile.ZipFile(package) as archive:
+        wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
+    bf16_calls = "AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_encoder_attention_bf16(" in wrapper
+    assert bf16_calls == (attention_isa() == library.AVX512_BF16)
+    eager = LLM(str(tiny_bert_head_32), enforce_eager=True, compile_cache_dir="", **int8)
+    ours = np.stack([o.outputs.data for o in compiled.embed(texts, truncate_prompt_tokens=-1)])
+    ref = np.stack([o.outputs.data for o in eager.embed(texts, truncate_prompt_tokens=-1)])
+    assert ((ours * ref).sum(axis=1) >= 0.9999).all()
 
 
 def test_a_kernel_that_cannot_be_built_leaves_sdpa_in_place(tiny_bert_head_32, tmp_path):

@@ -81,6 +81,98 @@ inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
   }
 }
 
+#ifdef __AVX512BF16__
+// The bf16 variant (built where the CPU has AVX512-BF16): q.k and P.V as vdpbf16ps dot products of
+// bf16 pairs into float32 accumulators, half the instructions of the float32 FMAs; the scores,
+// the softmax and the accumulators stay float32. Pairs run along the reduced dimension: (q[2i],
+// q[2i+1]) . (k[2i], k[2i+1]) for the scores, (p[2i], p[2i+1]) . (v[2i], v[2i+1]) for P.V.
+typedef uint32_t VP __attribute__((vector_size(64), aligned(4)));  // 16 pairs of bf16
+constexpr bool kHasBf16 = true;
+
+inline VP load_pairs(const uint32_t* p) { return *reinterpret_cast<const VP*>(p); }
+inline VP splat_pair(uint32_t x) { return (VP{} + 1) * x; }
+inline VT dot_pairs(VT acc, VP a, VP b) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+// 32 floats -> 32 bf16 in order (round to nearest even): lo's 16, then hi's.
+inline VP to_pairs(VT lo, VT hi) {
+  VP out;
+  asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(out) : "v"(hi), "v"(lo));
+  return out;
+}
+inline uint32_t bf16_bits(float x) {  // round to nearest even, as vcvtne2ps2bf16 (finite x)
+  uint32_t b;
+  __builtin_memcpy(&b, &x, 4);
+  return (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+}
+inline uint32_t pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+// score_tile on pairs: blk is one block of K^T as [D / 2][KB] pairs, qs [QB][D / 2] pairs.
+template <int NV>
+inline void score_tile_bf16(const uint32_t* blk, const uint32_t* qs, int64_t D2, const float* bias, float* sc,
+                            int64_t Lp, VT* top) {
+  VT acc[QB][NV] = {};
+  for (int64_t d = 0; d < D2; ++d) {
+    VP kv[NV];
+    for (int v = 0; v < NV; ++v) kv[v] = load_pairs(blk + d * KB + v * W);
+    for (int r = 0; r < QB; ++r) {
+      const VP qd = splat_pair(qs[r * D2 + d]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = dot_pairs(acc[r][v], qd, kv[v]);
+    }
+  }
+  for (int r = 0; r < QB; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const VT x = acc[r][v] + load(bias + v * W);
+      store(sc + r * Lp + v * W, x);
+      top[r] = x > top[r] ? x : top[r];
+    }
+}
+
+// attend_head on pairs: q [L][D / 2] (scaled), k^T [Lk / KB][D / 2][KB], v [Lk / 2][D] pairs.
+void attend_head_bf16(const uint32_t* q, const uint32_t* kt, const uint32_t* vv, const float* bias, int64_t L,
+                      int64_t D, float* out, int64_t out_stride, Scratch<float>& scratch, Scratch<uint32_t>& probs) {
+  const int64_t Lp = (L + 2 * W - 1) / (2 * W) * (2 * W), D2 = D / 2, Lp2 = Lp / 2;  // keys: whole pair vectors
+  float* sc = scratch.reserve(QB * Lp);
+  uint32_t* pp = probs.reserve(QB * Lp2);
+  uint32_t qs[QB * 128];
+  for (int64_t ib = 0; ib < L; ib += QB) {
+    const int64_t rows = min_of<int64_t>(QB, L - ib);
+    for (int r = 0; r < QB; ++r) {
+      const uint32_t* row = q + (ib + min_of<int64_t>(r, rows - 1)) * D2;
+      for (int64_t d = 0; d < D2; ++d) qs[r * D2 + d] = row[d];
+    }
+    VT top[QB];
+    for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
+    for (int64_t j = 0; j < Lp; j += KB) score_tile_bf16<JV>(kt + (j / KB) * D2 * KB, qs, D2, bias + j, &sc[j], Lp, top);
+    float inv[QB];
+    softmax_rows(sc, Lp, top, inv);
+    for (int r = 0; r < QB; ++r)
+      for (int64_t j = 0; j < Lp; j += 2 * W)
+        *reinterpret_cast<VP*>(pp + r * Lp2 + j / 2) = to_pairs(load(sc + r * Lp + j), load(sc + r * Lp + j + W));
+    const int64_t pairs = (L + 1) / 2;
+    for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {
+      VT a0[QB] = {}, a1[QB] = {};
+      for (int64_t i = 0; i < pairs; ++i) {
+        const VP v0 = load_pairs(vv + i * D + d0), v1 = load_pairs(vv + i * D + d0 + W);
+        for (int r = 0; r < QB; ++r) {
+          const VP p = splat_pair(pp[r * Lp2 + i]);
+          a0[r] = dot_pairs(a0[r], p, v0);
+          a1[r] = dot_pairs(a1[r], p, v1);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        float* o = out + (ib + r) * out_stride + d0;
+        store(o, a0[r] * inv[r]);
+        store(o + W, a1[r] * inv[r]);
+      }
+    }
+  }
+}
+#else
+constexpr bool kHasBf16 = false;
+#endif
+
 struct Shape {
   int64_t B, S, H, D, qkv_stride_b, qkv_stride_s, mask_stride_b;
 };
@@ -126,7 +218,52 @@ void attend_head(const float* q, const float* kt, const float* vv, const float* 
   }
 }
 
-void attention(const float* qkv, const bool* key_mask, float* out, const Shape& s) {
+// Packs one task's q (scaled), k^T and v as float32 (attend_head's layout).
+void pack_f32(const float* base, const bool* mask, const Shape& s, int64_t h0, int64_t GH, int64_t L, int64_t Lk,
+              float scale, float* qp, float* kt, float* vv, float* bias) {
+  const int64_t D = s.D, HD = s.H * s.D;
+  for (int64_t j = 0; j < L; ++j) {
+    bias[j] = mask[j] ? 0.0f : -kInf;
+    const float* row = base + j * s.qkv_stride_s;
+    for (int64_t g = 0; g < GH; ++g) {
+      const float* q = row + (h0 + g) * D;
+      const float* k = q + HD;
+      const float* v = k + HD;
+      float* qd = &qp[(g * L + j) * D];
+      for (int64_t d = 0; d < D; ++d) qd[d] = q[d] * scale;
+      float* block = &kt[g * D * Lk + (j / KB) * D * KB + j % KB];
+      for (int64_t d = 0; d < D; ++d) block[d * KB] = k[d];
+      for (int64_t d = 0; d < D; ++d) vv[(g * Lk + j) * D + d] = v[d];
+    }
+  }
+}
+
+#ifdef __AVX512BF16__
+// Packs them as bf16 pairs (attend_head_bf16's layout): q [L][D / 2] and k^T blocks [D / 2][KB]
+// paired along d, v [Lk / 2][D] paired along the keys (row j is the low half when j is even).
+void pack_bf16(const float* base, const bool* mask, const Shape& s, int64_t h0, int64_t GH, int64_t L, int64_t Lk,
+               float scale, uint32_t* qp, uint32_t* kt, uint32_t* vv, float* bias) {
+  const int64_t D = s.D, D2 = s.D / 2, HD = s.H * s.D;
+  for (int64_t j = 0; j < L; ++j) {
+    bias[j] = mask[j] ? 0.0f : -kInf;
+    const float* row = base + j * s.qkv_stride_s;
+    const int shift = (j % 2) * 16;
+    for (int64_t g = 0; g < GH; ++g) {
+      const float* q = row + (h0 + g) * D;
+      const float* k = q + HD;
+      const float* v = k + HD;
+      uint32_t* qd = &qp[(g * L + j) * D2];
+      for (int64_t d = 0; d < D2; ++d) qd[d] = pair(q[2 * d] * scale, q[2 * d + 1] * scale);
+      uint32_t* block = &kt[g * D2 * Lk + (j / KB) * D2 * KB + j % KB];
+      for (int64_t d = 0; d < D2; ++d) block[d * KB] = pair(k[2 * d], k[2 * d + 1]);
+      uint32_t* vd = &vv[(g * Lk / 2 + j / 2) * D];
+      for (int64_t d = 0; d < D; ++d) vd[d] |= bf16_bits(v[d]) << shift;
+    }
+  }
+}
+#endif
+
+void attention(const float* qkv, const bool* key_mask, float* out, const Shape& s, bool bf16) {
   const int64_t B = s.B, S = s.S, H = s.H, D = s.D, HD = H * D;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(D));
   // A task is one batch row and a group of heads. Its q, k, v are packed by reading the rows in
@@ -140,6 +277,7 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
 #pragma omp parallel
   {
     Scratch<float> q_buf, k_buf, v_buf, scores, bias_buf;
+    Scratch<uint32_t> q_pairs, k_pairs, v_pairs, probs;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * groups; ++task) {
       const int64_t b = task / groups, h0 = (task % groups) * GH;
@@ -151,29 +289,29 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
         for (int64_t c = h0 * D; c < (h0 + GH) * D; ++c) out_b[i * HD + c] = 0.0f;
       if (L == 0) continue;
       const int64_t Lk = (L + KB - 1) / KB * KB;  // keys packed: whole blocks, zeros past L
+      float* bias = bias_buf.fill(Lk, -kInf);
+      const float* base = qkv + b * s.qkv_stride_b;
+#ifdef __AVX512BF16__
+      if (bf16) {
+        uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
+        uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
+        uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
+        pack_bf16(base, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
+        for (int64_t g = 0; g < GH; ++g)
+          attend_head_bf16(&qp[g * L * D / 2], &kt[g * D / 2 * Lk], &vv[g * Lk / 2 * D], bias, L, D,
+                           out_b + (h0 + g) * D, HD, scores, probs);
+        continue;
+      }
+#endif
       float* qp = q_buf.reserve(GH * L * D);
       float* kt = k_buf.fill(GH * D * Lk, 0.0f);
       float* vv = v_buf.fill(GH * Lk * D, 0.0f);
-      float* bias = bias_buf.fill(Lk, -kInf);
-      const float* base = qkv + b * s.qkv_stride_b;
-      for (int64_t j = 0; j < L; ++j) {
-        bias[j] = mask[j] ? 0.0f : -kInf;
-        const float* row = base + j * s.qkv_stride_s;
-        for (int64_t g = 0; g < GH; ++g) {
-          const float* q = row + (h0 + g) * D;
-          const float* k = q + HD;
-          const float* v = k + HD;
-          float* qd = &qp[(g * L + j) * D];
-          for (int64_t d = 0; d < D; ++d) qd[d] = q[d] * scale;
-          float* block = &kt[g * D * Lk + (j / KB) * D * KB + j % KB];
-          for (int64_t d = 0; d < D; ++d) block[d * KB] = k[d];
-          for (int64_t d = 0; d < D; ++d) vv[(g * Lk + j) * D + d] = v[d];
-        }
-      }
+      pack_f32(base, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
       for (int64_t g = 0; g < GH; ++g)
         attend_head(&qp[g * L * D], &kt[g * D * Lk], &vv[g * Lk * D], bias, L, D, out_b + (h0 + g) * D, HD, scores);
     }
   }
+  (void)bf16;
 }
 
 bool supported(int64_t D) { return D > 0 && D <= 256 && D % (2 * W) == 0; }
@@ -188,22 +326,30 @@ void ember_attention_bind(void* const* functions, const int32_t* codes) { bind(f
 // Floats per vector of this build: attention.py checks it against the CPU before using it.
 int32_t ember_attention_vector_width() { return W; }
 
-// The raw entry (eager calls through ctypes): returns 0, or 1 if D is not a multiple of 2 W.
-int32_t ember_encoder_attention_f32(const float* qkv, const bool* key_mask, float* out, int64_t B, int64_t S,
-                                    int64_t H, int64_t D, int64_t qkv_stride_b, int64_t qkv_stride_s,
-                                    int64_t mask_stride_b) {
+// 1 if this build has the bf16 variant (built with AVX512-BF16), else 0.
+int32_t ember_attention_has_bf16() { return kHasBf16 ? 1 : 0; }
+
+// The raw entry (eager calls through ctypes): returns 0, 1 if D is not a multiple of 2 W, or 2 if
+// bf16 is asked of a build without it.
+int32_t ember_encoder_attention(const float* qkv, const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H,
+                                int64_t D, int64_t qkv_stride_b, int64_t qkv_stride_s, int64_t mask_stride_b,
+                                int32_t bf16) {
   if (!supported(D)) return 1;
-  attention(qkv, key_mask, out, Shape{B, S, H, D, qkv_stride_b, qkv_stride_s, mask_stride_b});
+  if (bf16 && !kHasBf16) return 2;
+  attention(qkv, key_mask, out, Shape{B, S, H, D, qkv_stride_b, qkv_stride_s, mask_stride_b}, bf16 != 0);
   return 0;
 }
 
-// The AOTInductor C shim of ember::encoder_attention (what a compiled graph calls): qkv float32
-// [B, S, 3 H D] with unit stride in its last dimension, key_mask bool [B, S] likewise.
-AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads,
-                                                AtenTensorHandle* ret0) {
+}  // extern "C"
+
+namespace {
+// Both C shims: qkv float32 [B, S, 3 H D] with unit stride in its last dimension, key_mask bool
+// [B, S] likewise; returns float32 [B, S, H D].
+AOTITorchError shim_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads, bool bf16,
+                              AtenTensorHandle* ret0) {
   View x, mask;
-  if (!view(qkv, x) || !view(key_mask, mask) || x.dim != 3 || mask.dim != 2 || x.dtype != shim.dtype_float32 ||
-      mask.dtype != shim.dtype_bool)
+  if ((bf16 && !kHasBf16) || !view(qkv, x) || !view(key_mask, mask) || x.dim != 3 || mask.dim != 2 ||
+      x.dtype != shim.dtype_float32 || mask.dtype != shim.dtype_bool)
     return AOTI_TORCH_FAILURE;
   const int64_t B = x.sizes[0], S = x.sizes[1], HD = x.sizes[2] / 3;
   if (num_heads <= 0 || x.sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) || x.strides[2] != 1 ||
@@ -213,8 +359,23 @@ AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensor
   void* out_data;
   if (!allocate(3, sizes, shim.dtype_float32, ret0, &out_data)) return AOTI_TORCH_FAILURE;
   attention(static_cast<const float*>(x.data), static_cast<const bool*>(mask.data), static_cast<float*>(out_data),
-            Shape{B, S, num_heads, HD / num_heads, x.strides[0], x.strides[1], mask.strides[0]});
+            Shape{B, S, num_heads, HD / num_heads, x.strides[0], x.strides[1], mask.strides[0]}, bf16);
   return AOTI_TORCH_SUCCESS;
+}
+}  // namespace
+
+extern "C" {
+
+// The AOTInductor C shim of ember::encoder_attention (what a compiled graph calls).
+AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads,
+                                                AtenTensorHandle* ret0) {
+  return shim_attention(qkv, key_mask, num_heads, false, ret0);
+}
+
+// The C shim of ember::encoder_attention_bf16 (fails in a build without the bf16 variant).
+AOTITorchError aoti_torch_cpu_encoder_attention_bf16(AtenTensorHandle qkv, AtenTensorHandle key_mask,
+                                                     int64_t num_heads, AtenTensorHandle* ret0) {
+  return shim_attention(qkv, key_mask, num_heads, true, ret0);
 }
 
 }  // extern "C"

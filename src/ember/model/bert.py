@@ -100,6 +100,9 @@ class EncoderLayer(nn.Module):
     FEED_FORWARD = ("ffn_in", "act", "ffn_out")
     """forward computes ffn_out(act(ffn_in(x))) with nothing in between: the int8 model may run the
     middle (act, and ffn_out's input quantization) as one op (runner/int8/linear.py)."""
+    attention_bf16 = False
+    """Attention's products in bf16 where the CPU has them: set by the int8 model (runner/int8),
+    whose gate measures it; float models keep float32."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -114,7 +117,7 @@ class EncoderLayer(nn.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]()
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask)
+        attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask, bf16=self.attention_bf16)
         x = self.attn_norm(x + self.attn_out(attn))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 

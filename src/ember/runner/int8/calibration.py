@@ -147,7 +147,8 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
     replaced by it, and every exact nn.GELU of the layers by RationalGELU (in the encoders Ember
     runs, each feeds a linear; the heads keep theirs, as they keep float32 linears), then links
     the feed-forward blocks that can run their middle in one op (link_feed_forwards). Returns how
-    many linears were replaced."""
+    many linears were replaced. Layers that declare `attention_bf16` run their attention's products
+    in bf16 where the CPU has them (kernels/attention.py); the gate measures that too."""
     replaced = 0
     for parent, child_name, name, child in _children(model):
         if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
@@ -156,6 +157,9 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
         elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
             setattr(parent, child_name, RationalGELU())
     link_feed_forwards(model)
+    for module in model.modules():  # layers that can run attention in bf16 do so in the int8 model
+        if hasattr(type(module), "attention_bf16"):
+            module.attention_bf16 = True
     return replaced
 
 
