@@ -88,6 +88,9 @@ class ProcessKernel(Generic[K]):
 
 
 _lock = threading.Lock()
+"""Guards _builds (not a build itself: kernels build side by side)."""
+_builds: dict[tuple[str, str], threading.Lock] = {}
+"""One lock per (source, ISA): a second caller of the same build waits for the first."""
 _loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
 
 
@@ -95,8 +98,10 @@ def load(source: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
     """The shared object of `source` (a .cpp beside this file) for `isa`, built if the cache has
     none; None (logged once) if it cannot be built, so that callers fall back to torch's ops.
     cache_dir "" builds into a scratch folder that is removed once the library is mapped."""
+    key = (source, isa.name)
     with _lock:
-        key = (source, isa.name)
+        build = _builds.setdefault(key, threading.Lock())
+    with build:
         if key not in _loaded:
             _loaded[key] = _build_and_load(SOURCES / source, isa, cache_dir)
         return _loaded[key]
