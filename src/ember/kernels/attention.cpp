@@ -12,6 +12,10 @@
 // the row, and P V. Keys the mask drops get a score of -inf and a weight of ~1e-38 (nothing next
 // to the row's largest, 1). Query rows past the last kept key (the padding of a right-padded row)
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
+//
+// Built with AVX512-BF16 (library.AVX512_BF16), the file also has a bf16 variant (pack_bf16,
+// attend_head_bf16): the same tasks, tiles and float32 softmax, with q.k and P.V as bf16 pair dot
+// products (ember::encoder_attention_bf16, which only the int8 model calls).
 
 #include "common.h"
 
