@@ -22,8 +22,8 @@ namespace {
 #error "int8_mm.cpp is built for AVX512-VNNI only (EMBER_W=16)"
 #endif
 
-typedef int32_t V16 __attribute__((vector_size(64), aligned(64)));
-typedef int32_t V16u __attribute__((vector_size(64), aligned(4)));
+typedef int32_t V16 __attribute__((vector_size(64)));
+typedef int32_t V16u __attribute__((vector_size(64), aligned(4)));  // loads and stores: no alignment assumed
 
 constexpr int NV = 4;                   // vectors of 16 columns per panel
 constexpr int PANEL = NV * 16;          // columns per panel
@@ -52,7 +52,7 @@ inline void tile(const int8_t* a, int64_t K, const int8_t* panel, const int32_t*
   const int64_t groups = K / 4;
   for (int64_t t = 0; t < groups; ++t) {
     V16 w[NVT];
-    for (int v = 0; v < NVT; ++v) w[v] = *reinterpret_cast<const V16*>(panel + (t * NV + v) * 64);
+    for (int v = 0; v < NVT; ++v) w[v] = *reinterpret_cast<const V16u*>(panel + (t * NV + v) * 64);
     for (int r = 0; r < R; ++r) {
       int32_t word;
       __builtin_memcpy(&word, a + r * K + 4 * t, 4);
@@ -137,11 +137,13 @@ AOTITorchError aoti_torch_cpu_int8_mm(AtenTensorHandle a, AtenTensorHandle weigh
       p.sizes[0] != (N + PANEL - 1) / PANEL || p.sizes[1] != K / 4 * NV * 64 || p.strides[1] != 1 ||
       p.strides[0] != p.sizes[1])
     return AOTI_TORCH_FAILURE;
+  const bool own = M <= kMaxRows;  // else torch's _int_mm, which takes any strides
+  if (own && M > 0 && (x.strides[1] != 1 || (M > 1 && x.strides[0] != K))) return AOTI_TORCH_FAILURE;
   const int64_t sizes[2] = {M, N};
   void* out;
   if (!allocate(2, sizes, shim.dtype_int32, ret0, &out)) return AOTI_TORCH_FAILURE;
-  if (M > kMaxRows) return shim.int_mm_out(*ret0, a, weight);
-  if (M > 0 && (x.strides[1] != 1 || (M > 1 && x.strides[0] != K))) {
+  if (!own) {
+    if (shim.int_mm_out(*ret0, a, weight) == AOTI_TORCH_SUCCESS) return AOTI_TORCH_SUCCESS;
     shim.delete_tensor(*ret0);
     return AOTI_TORCH_FAILURE;
   }
