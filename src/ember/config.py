@@ -50,6 +50,9 @@ class ModelConfig:
     int8_kernel: str = option("auto", "int8 GEMM: int_mm (torch._int_mm, fast with VNNI/AMX), onednn (u8 x s8 on "
                               "7-bit activations, fast on AVX2 without VNNI), auto: the one this CPU runs fast",
                               choices=("auto", "int_mm", "onednn"))
+    linear_kernel: str = option("auto", "float32 GEMM of the encoder's linears: onednn (oneDNN, on a weight packed "
+                                "once at load), aten (torch's own, MKL's sgemm), auto: onednn on x86 with AVX2",
+                                choices=("auto", "onednn", "aten"))
     quantization_min_cosine: float = option(0.999, "lowest cosine vs float32 the int8 model must reach on the "
                                             "built-in probe set (embeddings, or scores for classifiers)")
     long_inputs: str = option(
@@ -181,6 +184,9 @@ class EngineConfig:
         if m.int8_kernel not in ("auto", "int_mm", "onednn"):
             raise InvalidRequestError(f"int8_kernel must be 'auto', 'int_mm' or 'onednn', got {m.int8_kernel!r}",
                                       param="int8_kernel")
+        if m.linear_kernel not in ("auto", "onednn", "aten"):
+            raise InvalidRequestError(f"linear_kernel must be 'auto', 'onednn' or 'aten', got {m.linear_kernel!r}",
+                                      param="linear_kernel")
         if m.quantization == "int8" and m.dtype == "bfloat16":
             raise InvalidRequestError("quantization='int8' quantizes the float32 model; use dtype 'auto' or "
                                       "'float32'", param="dtype")

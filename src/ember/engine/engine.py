@@ -155,6 +155,7 @@ class Engine:
             "quantization": self.runner.quantization,
             "quantization_min_cosine_measured": self.runner.quantization_cosine,
             "int8_kernel": self.runner.int8_kernel,
+            "linear_kernel": self.runner.linear_kernel,
             "attention_kernel": self.runner.attention_kernel,
             "tasks": list(self.info.tasks),
             **(self.generation.stats() if self.generation is not None else {}),

@@ -44,6 +44,7 @@ from ember import kernels as ember_kernels
 from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
+from ember.runner.packed_linear import placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +63,15 @@ class CompiledGraph:
 
 def graph_code_digest(root: Path | None = None) -> str:
     """Digest of the code that defines the exported graph and its build (the model classes, Ember's
-    kernels, the int8 package and its frozen calibration texts, the build settings): a package or
+    kernels, the int8 package and its frozen calibration texts, the packed float32 linear, the build
+    settings): a package or
     int8 layers built by other code or calibrated on other texts are never reused, whatever the
     version number says."""
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
     for source in sorted([*(root / "model").rglob("*.py"), *(root / "kernels").glob("*.py"), *int8.rglob("*.py"),
-                          *int8.glob("*.json"), root / "runner" / "aoti_build.py"]):
+                          *int8.glob("*.json"), root / "runner" / "aoti_build.py", root / "runner" / "packed_linear.py"]):
         digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -272,7 +274,7 @@ def _export_and_compile(model: torch.nn.Module, layers: list[torch.nn.Module] | 
         dynamic = ({0: batch, 1: seq}, {0: batch, **{d: seq for d in range(1, mask.dim()) if mask.shape[d] == s}})
 
     def export() -> torch.export.ExportedProgram:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), placeholders(model):
             program = torch.export.export(graph, example, dynamic_shapes=dynamic)
         if layers is not None:
             _refuse_inlined_weights(program, layers)

@@ -34,6 +34,10 @@ class Runner(Protocol):
     def int8_kernel(self) -> str | None: ...
 
     @property
+    def linear_kernel(self) -> str | None:
+        """What runs the encoder's float32 linears ("onednn" or "aten"); None for a decoder."""
+
+    @property
     def attention_kernel(self) -> str | None:
         """What runs an encoder's attention ("ember-<isa>" or "sdpa"); None for a decoder."""
 

@@ -21,7 +21,7 @@ from ember.model.loader import ModelFolder, build_model
 from ember.model.pooler import Pooler, RowSpec, row_outputs
 from ember.model.registry import model_class
 from ember.model.sources import resolve_model_path
-from ember.runner import int8
+from ember.runner import int8, packed_linear
 from ember.runner.aot_package import load_or_compile, package_key
 from ember.runner.batch import Batch
 from ember.runner.compile import CompileCounter, ShapePlan, resolve_cache_dir
@@ -62,7 +62,9 @@ class ModelRunner:
             kwargs={"int8_kernels": int8_kernel is not None and int8_kernel.name == "int_mm"})
         self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
-        self.model = build_model(self.folder, self.dtype)
+        self.linear_kernel = packed_linear.choose(mc.linear_kernel, cpu_flags())
+        """What runs the float32 linears: "onednn" (runner/packed_linear.py) or "aten"."""
+        self.model = self._build_model(self.dtype)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
         self.m3_heads = load_m3_heads(self.folder.path, self.model.config.hidden_size, self.model.config.vocab_size,
                                       special_token_ids(self.folder.path, M3_UNUSED_ROLES, self.tokenizer.token_id))
@@ -151,7 +153,7 @@ class ModelRunner:
         second calibration run); else a calibration from the float32 weights."""
         previous, self.int8 = self.int8, self._int8_mode(kernel)
         self._compiled = None
-        float_model = build_model(self.folder, torch.float32)
+        float_model = self._build_model(torch.float32)
         if self.int8.load_stored(float_model):
             self._rebuild(torch.float32, float_model)
             self._apply_gate()
@@ -170,9 +172,17 @@ class ModelRunner:
         """A fresh model from the folder's weights (the int8 one was quantized in place), or `model`."""
         self._compiled = None
         self.dtype = dtype
-        self.model = model if model is not None else build_model(self.folder, self.dtype)
+        self.model = model if model is not None else self._build_model(self.dtype)
         self.heads = self._output_heads()
         self.plan = self._shape_plan()
+
+    def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
+        """The model from the folder's weights in `dtype`; its float32 linears on oneDNN where
+        linear_kernel says so (the heads keep nn.Linear: they run once per row, eagerly)."""
+        model = build_model(self.folder, dtype)
+        if self.linear_kernel == "onednn":
+            packed_linear.pack_linears(model, skip=int8.FLOAT_HEADS)
+        return model
 
     def _output_heads(self) -> OutputHeads:
         """What runs after the compiled graph, per output kind (model/heads.py). The classifier
@@ -214,7 +224,11 @@ class ModelRunner:
         files = [p for p in self.folder.path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name == "config.json"]
         return package_key(files, self.dtype, self.plan, self.info.architecture, variant,
                            per_thread_count=per_thread_count,
-                           kernels=kernels.mode(int8_kernels=self._uses_int_mm()) if per_thread_count else "")
+                           kernels=self._graph_kernels() if per_thread_count else "")
+
+    def _graph_kernels(self) -> str:
+        """Which kernels the compiled graph calls: Ember's (kernels.mode) and the float32 linears'."""
+        return f"{kernels.mode(int8_kernels=self._uses_int_mm())},linear={self.linear_kernel}"
 
     def _uses_int_mm(self) -> bool:
         """Whether the int8 model (if any) runs int_mm, the kernel Ember's int8 ops (int8_ffn, int8_mm) serve."""

@@ -14,10 +14,10 @@ CPUs with int8 dot products (VNNI, AMX), oneDNN's u8 x s8 GEMM on 7-bit activati
 from __future__ import annotations
 
 from ember.runner.int8.gate import QuantizationQualityError, keeps_rung, score_agreement
-from ember.runner.int8.kernel import INT_MM, ONEDNN, Int8Kernel, choose_kernel
+from ember.runner.int8.kernel import FLOAT_HEADS, INT_MM, ONEDNN, Int8Kernel, choose_kernel
 from ember.runner.int8.mode import Int8Mode
 
-__all__ = ["INT_MM", "ONEDNN", "Int8Kernel", "Int8Mode", "QuantizationQualityError", "choose_kernel",
+__all__ = ["FLOAT_HEADS", "INT_MM", "ONEDNN", "Int8Kernel", "Int8Mode", "QuantizationQualityError", "choose_kernel",
            "keeps_rung", "resolve_quantization", "score_agreement"]
 
 

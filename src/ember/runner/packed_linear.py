@@ -1,0 +1,94 @@
+"""PackedLinear: a float32 linear layer on oneDNN's GEMM, with its weight packed once at load.
+
+torch's float32 linear is MKL's sgemm. On AMD CPUs MKL takes its AVX2 code path whatever the
+CPU has, and it re-lays-out the weight on every call. oneDNN (which torch ships too, and which
+vLLM's CPU backend uses) JITs its GEMM for the ISA it finds at run time, and
+`mkldnn._reorder_linear_weight` stores the weight once in the blocked layout its kernel reads.
+On MiniLM's shapes, 2 threads (bench/results/, BENCHMARKS.md): on a Zen 4 (AVX-512) 1.1-1.4x
+MKL at 1024 rows and 1.5-2x at 1-17 rows (a single request); held to AVX2, 1.0-1.2x and
+1.2-1.4x.
+
+A PackedLinear is an nn.Linear (the int8 calibration, Int8Linear.from_float and the state dict see
+the same weight and bias); its forward multiplies by `weight_packed`, an opaque mkldnn tensor of
+the weight's shape. torch.export cannot trace an opaque tensor, and the compiled package holds no
+weights anyway: a graph is built under `placeholders()`, with a plain tensor of the weight's shape
+in its place, and the loaded package is handed the packed one (aot_package.py).
+
+The packed copy costs the linear weights' memory once more (MiniLM +85 MB, mpnet +340 MB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+PACK_ROWS = 1024
+"""The row count oneDNN is told to pack for; any other count runs on the same packed weight (at
+1-1024 rows within 5% of a weight packed for that count, except 1, packed for 1: 10% slower)."""
+
+LINEAR_KERNELS = ("auto", "onednn", "aten")
+
+
+def available() -> bool:
+    """Whether this torch has oneDNN (x86 and ARM builds of torch do)."""
+    return torch.backends.mkldnn.is_available()
+
+
+def choose(requested: str, flags: set[str]) -> str:
+    """The float32 linear kernel for `requested` on a CPU with /proc/cpuinfo `flags`: "onednn" or
+    "aten" (torch's own, MKL's sgemm). auto: oneDNN on x86 with AVX2 (measured faster there, see
+    above), else aten (ARM: oneDNN runs through ACL, not measured)."""
+    if requested not in LINEAR_KERNELS:
+        raise ValueError(f"linear_kernel must be one of {LINEAR_KERNELS}, got {requested!r}")
+    if requested == "aten" or not available():
+        return "aten"
+    if requested == "onednn":
+        return "onednn"
+    return "onednn" if "avx2" in flags else "aten"
+
+
+class PackedLinear(nn.Linear):
+    """nn.Linear whose forward is oneDNN's GEMM on a weight packed once (`weight_packed`)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_ROWS)
+        self.register_buffer("weight_packed", packed, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight_packed, self.bias, "none", [], "")
+
+
+def pack_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Replace every nn.Linear of `model` whose path does not start with one of `skip` by a
+    PackedLinear, in place; returns how many."""
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            path = f"{name}.{child_name}" if name else child_name
+            if type(child) is nn.Linear and child.weight.dtype == torch.float32 and not path.startswith(skip):
+                setattr(module, child_name, PackedLinear(child))
+                replaced += 1
+    return replaced
+
+
+@contextlib.contextmanager
+def placeholders(model: nn.Module) -> Iterator[None]:
+    """While inside, every PackedLinear of `model` carries a plain tensor of its packed weight's
+    shape (uninitialized: a graph built from it holds no weights), so that torch.export and
+    copy.deepcopy (which refuse opaque tensors) can take the model; the packed weights come back
+    on exit. A copy made inside keeps the placeholders: it is a template to build a graph from."""
+    swapped = [(m, m.weight_packed) for m in model.modules() if isinstance(m, PackedLinear) and m.weight_packed.is_mkldnn]
+    for module, packed in swapped:
+        module.weight_packed = torch.empty(packed.shape, dtype=packed.dtype)
+    try:
+        yield
+    finally:
+        for module, packed in swapped:
+            module.weight_packed = packed
