@@ -23,7 +23,8 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
                  else {"float32": "fp32", "bfloat16": "bf16"}.get(stats.get("dtype"), stats.get("dtype")))
     info = {"version": getattr(ember, "__version__", "?"), "dtype": stats.get("dtype"), "precision": precision,
             "compiled": stats.get("is_compiled"), "startup_s": stats.get("startup_s"),
-            "int8_kernel": stats.get("int8_kernel")}  # the int8 rung that runs, e.g. "int_mm-float-ffn_out"
+            "int8_kernel": stats.get("int8_kernel"),  # the int8 rung that runs, e.g. "int_mm-float-ffn_out"
+            "linear_kernel": stats.get("linear_kernel")}  # what runs the float32 linears
     return embed, info
 
 

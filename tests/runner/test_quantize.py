@@ -336,7 +336,8 @@ def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
     package = calibration.TEXTS_FILE.parents[2]  # src/ember
     for part in ("model", "kernels", "runner/int8"):
         shutil.copytree(package / part, tmp_path / part)
-    shutil.copy(package / "runner" / "aoti_build.py", tmp_path / "runner" / "aoti_build.py")
+    for module in ("aoti_build.py", "packed_linear.py"):
+        shutil.copy(package / "runner" / module, tmp_path / "runner" / module)
     before = graph_code_digest(tmp_path)
     assert before == graph_code_digest(package)
     copied = tmp_path / "runner" / "int8" / "texts.json"

@@ -45,7 +45,7 @@ def throughput_tables(report: dict[str, Any]) -> str:
 
 def _label(entry: dict[str, Any]) -> str:
     result = entry.get("result", {})
-    extra = [f"{k}={result[k]}" for k in ("dtype", "precision", "int8_kernel") if result.get(k)]
+    extra = [f"{k}={result[k]}" for k in ("dtype", "precision", "int8_kernel", "linear_kernel") if result.get(k)]
     label = entry["label"] + (f" ({', '.join(extra)})" if extra else "")
     return f"**{label}**" if entry["is_ember"] else label
 
