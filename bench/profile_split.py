@@ -28,9 +28,10 @@ from torch.profiler import ProfilerActivity, profile
 from ember import LLM
 from ember.bench import corpus
 
-GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise")
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise", "ember::int8_linear",
+            "mkldnn::_linear_pointwise", "ember::int8_mm")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
-                 "aten::_softmax", "ember::encoder_attention")
+                 "aten::_softmax", "ember::encoder_attention", "ember::encoder_attention_bf16")
 ELEMENTWISE_OPS = ("ember::int8_gelu_requantize",)
 """Ember's own elementwise kernels, counted with inductor's fused ones."""
 
@@ -143,7 +144,7 @@ def main() -> None:
     print("| kernels | ms per layer call | share |")
     print("|---|---|---|")
     rest = per_call - groups["GEMM"] - groups["attention"] - groups["fused elementwise"]
-    for name, seconds in (("GEMM", groups["GEMM"]), ("attention (SDPA)", groups["attention"]),
+    for name, seconds in (("GEMM", groups["GEMM"]), ("attention (SDPA or Ember's)", groups["attention"]),
                           ("fused elementwise (inductor, Ember)", groups["fused elementwise"]), ("the rest (launch, Python)", rest)):
         print(f"| {name} | {1e3 * seconds:.3f} | {100 * seconds / per_call:.1f}% |")
     kernels = sorted(((s, k[7:]) for k, s in groups.items() if k.startswith("kernel ")), reverse=True)
