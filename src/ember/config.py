@@ -50,8 +50,9 @@ class ModelConfig:
     int8_kernel: str = option("auto", "int8 GEMM: int_mm (torch._int_mm, fast with VNNI/AMX), onednn (u8 x s8 on "
                               "7-bit activations, fast on AVX2 without VNNI), auto: the one this CPU runs fast",
                               choices=("auto", "int_mm", "onednn"))
-    linear_kernel: str = option("auto", "float32 GEMM of the encoder's linears: onednn (oneDNN, on a weight packed "
-                                "once at load), aten (torch's own, MKL's sgemm), auto: onednn on x86 with AVX2",
+    linear_kernel: str = option("auto", "float32/bfloat16 GEMM of the encoder's linears: onednn (oneDNN, on a weight "
+                                "packed once at load), aten (torch's own: MKL's sgemm for float32), auto: onednn on "
+                                "x86 with AVX2",
                                 choices=("auto", "onednn", "aten"))
     quantization_min_cosine: float = option(0.999, "lowest cosine vs float32 the int8 model must reach on the "
                                             "built-in probe set (embeddings, or scores for classifiers)")

@@ -47,7 +47,9 @@ def test_pack_linears_replaces_the_float32_linears_but_the_skipped_ones(tiny_ber
     assert type(model.get_submodule(linears[-1])) is nn.Linear
     assert all(isinstance(model.get_submodule(name), PackedLinear) for name in linears[:-1])
     bf16 = build_model(ModelFolder.read(tiny_bert), torch.bfloat16)
-    assert pack_linears(bf16) == 0  # float32 only
+    assert pack_linears(bf16) == len(linears)
+    half = build_model(ModelFolder.read(tiny_bert), torch.float16)
+    assert pack_linears(half) == 0  # float32 and bfloat16 only
 
 
 def test_placeholders_make_a_packed_model_copyable_and_come_back(tiny_bert):
@@ -90,16 +92,17 @@ def test_a_package_built_from_a_packed_model_runs_on_the_packed_weights_it_is_ha
     torch.testing.assert_close(loaded.run(ids, mask), other_reference(ids, mask), atol=1e-5, rtol=1e-4)
 
 
-def test_the_engine_serves_the_same_vectors_on_either_linear_kernel(tiny_bert, tmp_path):
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_the_engine_serves_the_same_vectors_on_either_linear_kernel(tiny_bert, tmp_path, dtype, tolerance):
     texts = ["a short one", "and a longer text " * 6, "x"]
-    vectors, llms = [], []
+    vectors = []
     for kernel in ("onednn", "aten"):
-        llm = LLM(str(tiny_bert), quantization=None, dtype="float32", linear_kernel=kernel, max_num_seqs=4,
+        llm = LLM(str(tiny_bert), quantization=None, dtype=dtype, linear_kernel=kernel, max_num_seqs=4,
                   compile_cache_dir=str(tmp_path))
-        assert llm.stats()["linear_kernel"] == kernel and llm.stats()["compiles_after_ready"] == 0
+        stats = llm.stats()
+        assert (stats["linear_kernel"], stats["dtype"], stats["compiles_after_ready"]) == (kernel, dtype, 0)
         vectors.append(np.stack([o.outputs.data for o in llm.embed(texts)]))
-        llms.append(llm)
-    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=tolerance, rtol=tolerance)
     assert len(list(tmp_path.rglob("encoder-*.pt2"))) == 2  # the kernel is part of the package's key
 
 

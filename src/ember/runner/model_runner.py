@@ -63,7 +63,7 @@ class ModelRunner:
         self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.linear_kernel = packed_linear.choose(mc.linear_kernel, cpu_flags())
-        """What runs the float32 linears: "onednn" (runner/packed_linear.py) or "aten"."""
+        """What runs the float linears: "onednn" (runner/packed_linear.py) or "aten"."""
         self.model = self._build_model(self.dtype)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
         self.m3_heads = load_m3_heads(self.folder.path, self.model.config.hidden_size, self.model.config.vocab_size,
@@ -177,7 +177,7 @@ class ModelRunner:
         self.plan = self._shape_plan()
 
     def _build_model(self, dtype: torch.dtype) -> torch.nn.Module:
-        """The model from the folder's weights in `dtype`; its float32 linears on oneDNN where
+        """The model from the folder's weights in `dtype`; its float linears on oneDNN where
         linear_kernel says so (the heads keep nn.Linear: they run once per row, eagerly)."""
         model = build_model(self.folder, dtype)
         if self.linear_kernel == "onednn":
