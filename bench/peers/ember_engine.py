@@ -24,7 +24,7 @@ def load(job: dict[str, Any]) -> tuple[common.Embed, dict[str, Any]]:
     info = {"version": getattr(ember, "__version__", "?"), "dtype": stats.get("dtype"), "precision": precision,
             "compiled": stats.get("is_compiled"), "startup_s": stats.get("startup_s"),
             "int8_kernel": stats.get("int8_kernel"),  # the int8 rung that runs, e.g. "int_mm-float-ffn_out"
-            "linear_kernel": stats.get("linear_kernel")}  # what runs the float32 linears
+            "linear_kernel": stats.get("linear_kernel")}  # what runs the float linears
     return embed, info
 
 

@@ -35,7 +35,7 @@ class Runner(Protocol):
 
     @property
     def linear_kernel(self) -> str | None:
-        """What runs the encoder's float32 linears ("onednn" or "aten"); None for a decoder."""
+        """What runs the encoder's float linears ("onednn" or "aten"); None for a decoder."""
 
     @property
     def attention_kernel(self) -> str | None:

@@ -227,7 +227,7 @@ class ModelRunner:
                            kernels=self._graph_kernels() if per_thread_count else "")
 
     def _graph_kernels(self) -> str:
-        """Which kernels the compiled graph calls: Ember's (kernels.mode) and the float32 linears'."""
+        """Which kernels the compiled graph calls: Ember's (kernels.mode) and the float linears'."""
         return f"{kernels.mode(int8_kernels=self._uses_int_mm())},linear={self.linear_kernel}"
 
     def _uses_int_mm(self) -> bool:
