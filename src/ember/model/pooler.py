@@ -49,14 +49,15 @@ def postprocess(vectors: torch.Tensor, dimensions: Sequence[int | None], normali
         [batch, hidden] float32; truncated rows keep their leading values and are
         zero-padded past their size (the caller slices each row to its own size).
     """
-    out = vectors.clone()
-    for i, dims in enumerate(dimensions):
-        if dims is not None:
-            out[i, dims:] = 0
+    truncated = [(i, dims) for i, dims in enumerate(dimensions) if dims is not None]
+    out = vectors.clone() if truncated else vectors  # normalize below makes a new tensor anyway
+    for i, dims in truncated:
+        out[i, dims:] = 0
     rows = [i for i, flag in enumerate(normalize) if flag]
     if len(rows) == len(normalize):
         out = F.normalize(out, p=2, dim=-1)
     elif rows:
+        out = out.clone() if out is vectors else out
         out[rows] = F.normalize(out[rows], p=2, dim=-1)
     return out
 
@@ -98,7 +99,9 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, input_ids: t
     out: list[Any] = [None] * n
     pooled = [i for i in range(n) if rows[i].task in ("embed", "hybrid")]
     if pooled:
-        vectors = pooler(hidden[pooled], attention_mask[pooled])
+        # Eager ops cost 5-20 us each at a query's size: a batch of only pooled rows is a view.
+        picked = slice(None, n) if len(pooled) == n else pooled
+        vectors = pooler(hidden[picked], attention_mask[picked])
         if heads.dense is not None:
             vectors = heads.dense(vectors)
         cut = postprocess(vectors, [rows[i].dimensions for i in pooled], [rows[i].normalize for i in pooled])
@@ -108,7 +111,8 @@ def row_outputs(hidden: torch.Tensor, attention_mask: torch.Tensor, input_ids: t
     scored = [i for i in range(n) if rows[i].task in ("classify", "score")]
     if scored:
         assert heads.classifier is not None, "classify/score rows need a model with a classification head"
-        logits = heads.classifier(hidden[scored], attention_mask[scored]).float()
+        picked = slice(None, n) if len(scored) == n else scored
+        logits = heads.classifier(hidden[picked], attention_mask[picked]).float()
         scores = activate(logits, heads.multi_label)
         for j, i in enumerate(scored):
             value = scores[j] if rows[i].use_activation else logits[j]
