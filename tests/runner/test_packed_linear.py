@@ -15,7 +15,8 @@ from ember.model.loader import ModelFolder, build_model
 from ember.runner import packed_linear
 from ember.runner.aot_package import load_or_compile
 from ember.runner.compile import ShapePlan
-from ember.runner.packed_linear import PackedLinear, pack_linears, placeholders
+from ember.runner.opaque_weights import placeholders
+from ember.runner.packed_linear import PackedLinear, pack_linears
 
 pytestmark = pytest.mark.skipif(not packed_linear.available(), reason="this torch has no oneDNN")
 

@@ -89,6 +89,23 @@ def test_int8_compiled_matches_int8_eager(tiny_bert, tmp_path, scope, kernel):
     assert ((ours * ref).sum(axis=1) >= 0.999).all()
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "int_mm"])
+def test_stored_int8_layers_build_a_missing_package_from_the_model(tiny_bert, tmp_path, kernel):
+    """The int8 layers are stored apart from the compiled package (other keys: the package's also
+    says the thread count and the float linears' kernel), so a start can find the layers and miss
+    the package. It then builds the graph from the loaded model itself, whose onednn weights and
+    packed float linears are opaque tensors (runner/opaque_weights.py): the build takes
+    placeholders, and the package computes what the first one does."""
+    texts = [("quick brown fox " * n).strip() for n in range(1, 9)]
+    kwargs = {"quantization": "int8", "quantization_min_cosine": 0.5, "compile_scope": "layer", "int8_kernel": kernel,
+              "compile_cache_dir": str(tmp_path), **SMALL}
+    first = LLM(str(tiny_bert), linear_kernel="onednn", **kwargs)
+    second = LLM(str(tiny_bert), linear_kernel="aten", **kwargs)  # the same layers, another package
+    assert len(list(tmp_path.glob("int8-*.pt"))) == 1 and len(list(tmp_path.glob("encoder-layer-*.pt2"))) == 2
+    assert second.stats()["quantization"] == "int8" and second.stats()["compiles_after_ready"] == 0
+    np.testing.assert_allclose(_vectors(second, texts), _vectors(first, texts), atol=1e-4)
+
+
 @pytest.mark.parametrize(("kernel", "bound"), [(INT_MM, 0.01), (ONEDNN, 0.02)])
 def test_int8_linear_tracks_float32_on_inputs_with_outliers(kernel, bound):
     """Per-token asymmetric activations with the outlier channel in float32: rows with an outlier
@@ -336,7 +353,7 @@ def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
     package = calibration.TEXTS_FILE.parents[2]  # src/ember
     for part in ("model", "kernels", "runner/int8"):
         shutil.copytree(package / part, tmp_path / part)
-    for module in ("aoti_build.py", "packed_linear.py"):
+    for module in ("aoti_build.py", "packed_linear.py", "opaque_weights.py"):
         shutil.copy(package / "runner" / module, tmp_path / "runner" / module)
     before = graph_code_digest(tmp_path)
     assert before == graph_code_digest(package)

@@ -44,7 +44,7 @@ from ember import kernels as ember_kernels
 from ember.runner.aoti_runner import AOTIRunner, load_shared_object
 from ember.runner.compile import EXPORT_MIN_DIM, ShapePlan
 from ember.runner.device import cpu_flags
-from ember.runner.packed_linear import placeholders
+from ember.runner.opaque_weights import placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def graph_code_digest(root: Path | None = None) -> str:
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
     for source in sorted([*(root / "model").rglob("*.py"), *(root / "kernels").glob("*.py"), *int8.rglob("*.py"),
-                          *int8.glob("*.json"), root / "runner" / "aoti_build.py", root / "runner" / "packed_linear.py"]):
+                          *int8.glob("*.json"), root / "runner" / "aoti_build.py", root / "runner" / "packed_linear.py",
+                          root / "runner" / "opaque_weights.py"]):
         digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -12,16 +12,13 @@ MKL at 1024 rows and 1.5-2x at 1-17 rows (a single request); held to AVX2, 1.0-1
 A PackedLinear is an nn.Linear (the int8 calibration, Int8Linear.from_float and the state dict see
 the same weight and bias); its forward multiplies by `weight_packed`, an opaque mkldnn tensor of
 the weight's shape. torch.export cannot trace an opaque tensor, and the compiled package holds no
-weights anyway: a graph is built under `placeholders()`, with a plain tensor of the weight's shape
-in its place, and the loaded package is handed the packed one (aot_package.py).
+weights anyway: a graph is built under `opaque_weights.placeholders()`, with a plain tensor of the
+weight's shape in its place, and the loaded package is handed the packed one (aot_package.py).
 
 The packed copy costs the linear weights' memory once more (MiniLM +85 MB, mpnet +340 MB).
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -65,6 +62,11 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight_packed, self.bias, "none", [], "")
 
+    def opaque_placeholders(self) -> dict[str, torch.Tensor]:
+        """What stands in for the packed weight in a graph's build (opaque_weights.py)."""
+        packed = self.weight_packed
+        return {"weight_packed": torch.empty(packed.shape, dtype=packed.dtype)} if packed.is_mkldnn else {}
+
 
 def pack_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
     """Replace every float32 or bfloat16 nn.Linear of `model` whose path does not start with one of
@@ -78,19 +80,3 @@ def pack_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
                 setattr(module, child_name, PackedLinear(child))
                 replaced += 1
     return replaced
-
-
-@contextlib.contextmanager
-def placeholders(model: nn.Module) -> Iterator[None]:
-    """While inside, every PackedLinear of `model` carries a plain tensor of its packed weight's
-    shape (uninitialized: a graph built from it holds no weights), so that torch.export and
-    copy.deepcopy (which refuse opaque tensors) can take the model; the packed weights come back
-    on exit. A copy made inside keeps the placeholders: it is a template to build a graph from."""
-    swapped = [(m, m.weight_packed) for m in model.modules() if isinstance(m, PackedLinear) and m.weight_packed.is_mkldnn]
-    for module, packed in swapped:
-        module.weight_packed = torch.empty(packed.shape, dtype=packed.dtype)
-    try:
-        yield
-    finally:
-        for module, packed in swapped:
-            module.weight_packed = packed

@@ -24,7 +24,7 @@ from torch import nn
 
 from ember.runner.int8.kernel import FLOAT_HEADS, Int8Kernel
 from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU, link_feed_forwards
-from ember.runner.packed_linear import placeholders
+from ember.runner.opaque_weights import placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def int8_template(model: nn.Module, kernel: Int8Kernel) -> nn.Module:
     """A copy of `model` with the structure quantize_int8 will give it (Int8Linears with the same
     buffers' names, shapes and dtypes; placeholder values): what the graph is built from while
     calibration runs. The package holds no weights, so the values do not matter."""
-    with placeholders(model):  # a copy of a packed float32 linear carries a placeholder
+    with placeholders(model):  # a copy of an opaque weight (a packed float linear's) is a placeholder
         template = copy.deepcopy(model)
 
     def placeholder(name: str, linear: nn.Linear) -> nn.Module | None:

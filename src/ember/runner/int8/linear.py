@@ -97,12 +97,17 @@ class Int8Linear(nn.Module):
             self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape[0], dtype=torch.int32),
                                  persistent=False)
 
+    def opaque_placeholders(self) -> dict[str, torch.Tensor]:
+        """What stands in for the onednn kernel's prepacked weight, an opaque tensor that torch.export
+        cannot trace, in a graph's build (runner/opaque_weights.py): a plain int8 tensor of its shape
+        (the package holds no weights; the loaded model's packed weight is handed to it)."""
+        packed = getattr(self, "weight_packed", None)
+        return {"weight_packed": torch.zeros_like(self.weight_int8)} if packed is not None and packed.is_mkldnn else {}
+
     def use_placeholder_weights(self) -> None:
-        """Make the module exportable without its values: the packed weight is an opaque tensor
-        that torch.export cannot trace, so a template carries a plain int8 tensor of its shape (the
-        package holds no weights; the loaded model's packed weight is handed to it)."""
-        if self.kernel.name == "onednn":
-            self.weight_packed = torch.zeros_like(self.weight_int8)
+        """Make the module exportable without its values, for good (a template's)."""
+        for name, placeholder in self.opaque_placeholders().items():
+            setattr(self, name, placeholder)
 
     @classmethod
     def from_float(cls, kernel: Int8Kernel, linear: nn.Linear, smoothing: torch.Tensor | None,
