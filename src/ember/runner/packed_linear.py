@@ -15,7 +15,9 @@ the weight's shape. torch.export cannot trace an opaque tensor, and the compiled
 weights anyway: a graph is built under `opaque_weights.placeholders()`, with a plain tensor of the
 weight's shape in its place, and the loaded package is handed the packed one (aot_package.py).
 
-The packed copy costs the linear weights' memory once more (MiniLM +85 MB, mpnet +340 MB).
+The dense weight is needed until the model is final (int8 calibration quantizes it, a graph's
+build reads its shape); the runner then drops it (`release_dense_weights`), so that a served model
+holds its linear weights once, packed.
 """
 
 from __future__ import annotations
@@ -80,3 +82,15 @@ def pack_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
                 setattr(module, child_name, PackedLinear(child))
                 replaced += 1
     return replaced
+
+
+def release_dense_weights(model: nn.Module) -> int:
+    """Drop the dense weight of every PackedLinear of `model` (its forward reads only the packed
+    one; a compiled graph too), once nothing will quantize, copy or rebuild the model; returns the
+    bytes released."""
+    released = 0
+    for module in model.modules():
+        if isinstance(module, PackedLinear) and module.weight.numel():
+            released += module.weight.numel() * module.weight.element_size()
+            module.weight = nn.Parameter(module.weight.new_empty(0), requires_grad=False)
+    return released
