@@ -25,9 +25,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ember.errors import InvalidRequestError
+
 PACK_ROWS = 1024
-"""The row count oneDNN is told to pack for; any other count runs on the same packed weight (at
-1-1024 rows within 5% of a weight packed for that count, except 1, packed for 1: 10% slower)."""
+"""The row count oneDNN is told to pack for; any other count runs on the same packed weight
+(384 -> 1536 at 1, 17, 128 and 1024 rows: within 5% of the best of weights packed for 1, 16, 128 or
+1024 rows; the one packed for 1 row was the slowest at every count)."""
 
 LINEAR_KERNELS = ("auto", "onednn", "aten")
 
@@ -38,16 +41,18 @@ def available() -> bool:
 
 
 def choose(requested: str, flags: set[str]) -> str:
-    """The float32 linear kernel for `requested` on a CPU with /proc/cpuinfo `flags`: "onednn" or
-    "aten" (torch's own, MKL's sgemm). auto: oneDNN on x86 with AVX2 (measured faster there, see
-    above), else aten (ARM: oneDNN runs through ACL, not measured)."""
+    """The float linears' kernel for `requested` on a CPU with /proc/cpuinfo `flags`: "onednn" or
+    "aten" (torch's own). auto: oneDNN on x86 with AVX2 (faster with AVX-512, on par end to end
+    with AVX2 alone, faster at a query's few rows on both), else aten (ARM: oneDNN runs through
+    ACL there, not measured)."""
     if requested not in LINEAR_KERNELS:
-        raise ValueError(f"linear_kernel must be one of {LINEAR_KERNELS}, got {requested!r}")
+        raise InvalidRequestError(f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)}, got {requested!r}",
+                                  param="linear_kernel")
+    if requested == "onednn" and not available():
+        raise InvalidRequestError("linear_kernel='onednn' needs a torch built with oneDNN", param="linear_kernel")
     if requested == "aten" or not available():
         return "aten"
-    if requested == "onednn":
-        return "onednn"
-    return "onednn" if "avx2" in flags else "aten"
+    return "onednn" if requested == "onednn" or "avx2" in flags else "aten"
 
 
 class PackedLinear(nn.Linear):
