@@ -103,9 +103,7 @@ def test_the_engine_serves_the_same_vectors_on_either_linear_kernel(tiny_bert, t
         stats = llm.stats()
         assert (stats["linear_kernel"], stats["dtype"], stats["compiles_after_ready"]) == (kernel, dtype, 0)
         vectors.append(np.stack([o.outputs.data for o in llm.embed(texts)]))
-        packed = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
-        assert bool(packed) == (kernel == "onednn")
-        assert all(m.weight.numel() == 0 for m in packed)  # released at ready: the packed weights serve
+        assert any(isinstance(m, PackedLinear) for m in llm.engine.runner.model.modules()) == (kernel == "onednn")
     np.testing.assert_allclose(vectors[0], vectors[1], atol=tolerance, rtol=tolerance)
     assert len(list(tmp_path.rglob("encoder-*.pt2"))) == 2  # the kernel is part of the package's key
 

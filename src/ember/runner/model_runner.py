@@ -291,8 +291,7 @@ class ModelRunner:
         return f"int8-{self.int8.kernel.label}" if self.int8 is not None else None
 
     def warm_up(self) -> tuple[float, int]:
-        """Run every shape of the plan once (first-call costs are paid here), then drop what the final
-        model no longer reads (the packed linears' dense weights). Returns (seconds
+        """Run every shape of the plan once (first-call costs are paid here). Returns (seconds
         compiling, shapes run); the encoder compiled ahead of time in compile(), so 0.0."""
         # The request path around the graph has first-use costs too (the tokenizer's thread
         # pool, truncation, pooling and normalization kernels): pay them here, not on request 1.
@@ -313,10 +312,6 @@ class ModelRunner:
         small = self.plan.snap(1, min(16, self.plan.max_seq))
         for _ in range(3):
             self.execute(Batch.from_token_ids([[self.pad_id] * small[1]], small, self.pad_id), specs[:1])
-        # The model is final: the packed float linears no longer need their dense weights.
-        released = packed_linear.release_dense_weights(self.model)
-        if released:
-            logger.info("released %.0f MiB of dense linear weights (the packed ones serve)", released / 2**20)
         return 0.0, len(shapes)
 
     def _pair_segment_id(self) -> int | None:
