@@ -49,15 +49,16 @@ def postprocess(vectors: torch.Tensor, dimensions: Sequence[int | None], normali
         [batch, hidden] float32; truncated rows keep their leading values and are
         zero-padded past their size (the caller slices each row to its own size).
     """
-    truncated = [(i, dims) for i, dims in enumerate(dimensions) if dims is not None]
-    out = vectors.clone() if truncated else vectors  # normalize below makes a new tensor anyway
-    for i, dims in truncated:
-        out[i, dims:] = 0
+    if all(normalize) and all(dims is None for dims in dimensions):  # the common case, in one op
+        return F.normalize(vectors, p=2, dim=-1)  # a new tensor: never a view of the batch's hidden states
+    out = vectors.clone()
+    for i, dims in enumerate(dimensions):
+        if dims is not None:
+            out[i, dims:] = 0
     rows = [i for i, flag in enumerate(normalize) if flag]
     if len(rows) == len(normalize):
         out = F.normalize(out, p=2, dim=-1)
     elif rows:
-        out = out.clone() if out is vectors else out
         out[rows] = F.normalize(out[rows], p=2, dim=-1)
     return out
 

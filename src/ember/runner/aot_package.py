@@ -63,10 +63,9 @@ class CompiledGraph:
 
 def graph_code_digest(root: Path | None = None) -> str:
     """Digest of the code that defines the exported graph and its build (the model classes, Ember's
-    kernels, the int8 package and its frozen calibration texts, the packed float32 linear, the build
-    settings): a package or
-    int8 layers built by other code or calibrated on other texts are never reused, whatever the
-    version number says."""
+    kernels, the int8 package and its frozen calibration texts, the packed float linears and the
+    opaque weights' placeholders, the build settings): a package or int8 layers built by other code
+    or calibrated on other texts are never reused, whatever the version number says."""
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
