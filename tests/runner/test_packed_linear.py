@@ -43,7 +43,7 @@ def test_a_packed_linear_computes_what_nn_linear_does(bias, leading):
 def test_pack_linears_replaces_the_float32_linears_but_the_skipped_ones(tiny_bert):
     model = build_model(ModelFolder.read(tiny_bert), torch.float32)
     linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
-    replaced = pack_linears(model, skip=(linears[-1],))
+    replaced = pack_linears(model, skip=lambda path: path == linears[-1])
     assert replaced == len(linears) - 1
     assert type(model.get_submodule(linears[-1])) is nn.Linear
     assert all(isinstance(model.get_submodule(name), PackedLinear) for name in linears[:-1])
@@ -114,3 +114,15 @@ def test_auto_takes_onednn_on_x86_with_avx2_and_a_bad_name_is_refused():
     assert packed_linear.choose("aten", {"avx2"}) == "aten"
     with pytest.raises(InvalidRequestError, match="linear_kernel"):
         LLM("unused", linear_kernel="mkl")
+
+
+@pytest.mark.parametrize(("kernel", "float_linears"), [("onednn", {"ffn_out"}), ("int_mm", set())])
+def test_an_int8_model_packs_only_the_linears_that_stay_float(tiny_bert, kernel, float_linears):
+    """The linears the int8 kernel quantizes are not packed first (the packing would be thrown
+    away at every start); those it keeps in float32 are."""
+    llm = LLM(str(tiny_bert), quantization="int8", quantization_min_cosine=0.5, enforce_eager=True,
+              int8_kernel=kernel, compile_cache_dir="", max_num_seqs=4)
+    model = llm.engine.runner.model
+    packed = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, PackedLinear)}
+    assert packed == float_linears
+    assert llm.embed(["a short text"])[0].outputs.data.shape == (model.config.hidden_size,)

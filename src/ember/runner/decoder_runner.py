@@ -64,9 +64,9 @@ class DecoderModelRunner:
         self.quantization_cosine: float | None = None
         self.int8_kernel: str | None = None
         self.attention_kernel: str | None = None
+        """Ember's encoder attention kernel is not a decoder's: its attention reads the KV cache."""
         self.linear_kernel: str | None = None
         """The decoder's linears are torch's own (runner/packed_linear.py serves the encoders)."""
-        """Ember's encoder attention kernel is not a decoder's: its attention reads the KV cache."""
         self.model = build_model(self.folder, self.dtype)
         cfg = self.model.config
         gguf_file = find_gguf(self.folder.path)

@@ -24,6 +24,8 @@ did not show in the ready RSS (MiniLM float32 579 MiB, against 496 with linear_k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -34,22 +36,16 @@ PACK_ROWS = 1024
 (384 -> 1536 at 1, 17, 128 and 1024 rows: within 5% of the best of weights packed for 1, 16, 128 or
 1024 rows; the one packed for 1 row was the slowest at every count)."""
 
-LINEAR_KERNELS = ("auto", "onednn", "aten")
-
-
 def available() -> bool:
     """Whether this torch has oneDNN (x86 and ARM builds of torch do)."""
     return torch.backends.mkldnn.is_available()
 
 
 def choose(requested: str, flags: set[str]) -> str:
-    """The float linears' kernel for `requested` on a CPU with /proc/cpuinfo `flags`: "onednn" or
-    "aten" (torch's own). auto: oneDNN on x86 with AVX2 (faster with AVX-512, on par end to end
+    """The float linears' kernel for `requested` ("auto", "onednn" or "aten": config.py checks the
+    name) on a CPU with /proc/cpuinfo `flags`: "onednn" or "aten" (torch's own). auto: oneDNN on x86 with AVX2 (faster with AVX-512, on par end to end
     with AVX2 alone, faster at a query's few rows on both), else aten (ARM: oneDNN runs through
     ACL there, not measured)."""
-    if requested not in LINEAR_KERNELS:
-        raise InvalidRequestError(f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)}, got {requested!r}",
-                                  param="linear_kernel")
     if requested == "onednn" and not available():
         raise InvalidRequestError("linear_kernel='onednn' needs a torch built with oneDNN", param="linear_kernel")
     if requested == "aten" or not available():
@@ -77,15 +73,15 @@ class PackedLinear(nn.Linear):
         return {"weight_packed": torch.empty(packed.shape, dtype=packed.dtype)} if packed.is_mkldnn else {}
 
 
-def pack_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
-    """Replace every float32 or bfloat16 nn.Linear of `model` whose path does not start with one of
-    `skip` by a PackedLinear, in place; returns how many."""
+def pack_linears(model: nn.Module, skip: Callable[[str], bool] = lambda path: False) -> int:
+    """Replace every float32 or bfloat16 nn.Linear of `model` by a PackedLinear, in place, except
+    those whose module path `skip` names; returns how many."""
     replaced = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             path = f"{name}.{child_name}" if name else child_name
             if (type(child) is nn.Linear and child.weight.dtype in (torch.float32, torch.bfloat16)
-                    and not path.startswith(skip)):
+                    and not skip(path)):
                 setattr(module, child_name, PackedLinear(child))
                 replaced += 1
     return replaced
