@@ -1,9 +1,11 @@
-"""Ember's int8 GEMM for a few rows (ember/kernels/int8_mm.py): exactly torch._int_mm wherever it
-runs, loaded only on a CPU with AVX512-VNNI, used by the int8 model's linears (same vectors as
-_int_mm), refusing bad inputs by name; the compiled graph calls it through its C shim."""
+"""Ember's int8 GEMM (ember/kernels/int8_mm.py): exactly torch._int_mm in both builds (AVX512-VNNI
+for a few rows, AVX2 for every row count), each loaded where the CPU runs it, used by the int8
+model's linears (same vectors as _int_mm), refusing bad inputs by name; the compiled graph calls it
+through its C shim."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import numpy as np
@@ -14,7 +16,7 @@ from ember import LLM, kernels
 from ember.kernels import int8_mm, library
 from ember.runner.int8.kernel import INT_MM
 from ember.runner.int8.linear import Int8Linear
-from tests.kernels import RUNS_INT8_MM
+from tests.kernels import RUNS_INT8_MM, builds
 
 SMALL = {"max_num_seqs": 8, "quantization": "int8", "int8_kernel": "int_mm", "quantization_min_cosine": 0.5}
 
@@ -25,10 +27,52 @@ def _operands(rows: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=generator)
 
 
+@pytest.mark.parametrize(("isa", "flags", "build"), [
+    (library.AVX512, {"avx2", "avx512f", "avx512bw", "avx512_vnni"}, library.AVX512_VNNI),
+    (library.AVX512, {"avx2", "avx512f", "avx512bw"}, library.AVX2),  # AVX-512 without VNNI
+    (library.AVX2, {"avx2", "avx512f", "avx512bw", "avx512_vnni"}, library.AVX2),  # a run held to AVX2
+    (library.AVX2, {"avx2"}, library.AVX2),  # Zen 2/3
+    (library.AVX2, {"avx2", "avx_vnni"}, None),  # _int_mm is oneDNN's AVX-VNNI kernel there
+    (None, {"avx2"}, None),  # torch held below AVX2
+])
+def test_each_cpu_class_gets_its_build(isa, flags, build):
+    assert int8_mm.build_for(isa, flags) == build
+
+
 def test_it_loads_exactly_where_the_cpu_runs_it(tmp_path):
-    kernel = int8_mm.load_kernel(library.vector_isa() or library.AVX2, str(tmp_path))
-    assert (kernel is not None) == RUNS_INT8_MM
-    assert int8_mm.load_kernel(library.AVX2, str(tmp_path)) is None  # a run held to AVX2 keeps _int_mm
+    isa = library.vector_isa()
+    kernel = int8_mm.load_kernel(isa or library.AVX2, str(tmp_path))
+    assert (kernel is not None) == (int8_mm.build_for(isa, library.cpu_flags()) is not None)
+    assert RUNS_INT8_MM == (kernel is not None and kernel.build == library.AVX512_VNNI)
+    if "avx2" in library.cpu_flags() and "avx_vnni" not in library.cpu_flags():  # the AVX2 build runs here too
+        held = int8_mm.load_kernel(library.AVX2, str(tmp_path))
+        assert held is not None and held.build == library.AVX2 and held.max_rows > 2**40  # never hands over
+
+
+@pytest.mark.skipif(library.AVX2 not in builds(), reason="the AVX2 build needs an x86 CPU with AVX2")
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 384, 1152), (5, 36, 16), (16, 384, 1536), (7, 1536, 384),
+                                              (100, 64, 80), (257, 388, 112), (1000, 1536, 48), (0, 8, 16)])
+def test_the_avx2_build_is_int_mm_bit_for_bit(tmp_path, rows, k, n):
+    """Row tiles of 1-6 and blocks of 96 rows, column blocks of 1-4 panels, K over one and several
+    depth steps (388 = 384 + 4), 8-bit operands at both extremes, an empty batch."""
+    kernel = int8_mm.load_kernel(library.AVX2, str(tmp_path), flags={"avx2"})
+    assert kernel is not None
+    a, weight = _operands(rows, k, n)
+    a[:, :2], weight[:2] = -128, torch.tensor([[-128], [127]], dtype=torch.int8)  # the largest products
+    packed, compensation = int8_mm.pack(weight, library.AVX2)
+    out = kernel.run(a, weight, packed, compensation)
+    assert out.dtype == torch.int32 and torch.equal(out, a.int() @ weight.int())
+
+
+def test_the_avx2_packed_layout_holds_each_weight_once_as_int16():
+    """Every weight lands in its (panel of 16 columns, pair of rows, column, row in pair) int16 slot."""
+    _, weight = _operands(3, 8, 48)
+    packed, _ = int8_mm.pack(weight, library.AVX2)
+    assert packed.dtype == torch.int8 and packed.shape == (3, 8 * 16 * 2)
+    slots = packed.view(torch.int16).reshape(3, 4, 16, 2)  # [panel, k / 2, column in panel, k % 2]
+    for k, n in [(0, 0), (5, 17), (7, 47), (3, 16)]:
+        assert slots[n // 16, k // 2, n % 16, k % 2] == weight[k, n]
+    assert sorted(slots.flatten().tolist()) == sorted(weight.flatten().tolist())
 
 
 @pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI (the test above checks it is not loaded)")
@@ -48,7 +92,7 @@ def test_the_packed_layout_holds_each_weight_once():
     """Every weight byte lands in its (panel, group of 4 rows, column, row in group) slot; the
     padding of the last panel is 0; the compensation is -128 x the column sums."""
     _, weight = _operands(3, 8, 80)
-    packed, compensation = int8_mm.pack(weight)
+    packed, compensation = int8_mm.pack(weight, library.AVX512_VNNI)
     assert packed.shape == (2, 8 // 4 * 256)
     slots = packed.reshape(2, 2, 64, 4)  # [panel, k / 4, column in panel, k % 4]
     for k, n in [(0, 0), (5, 17), (7, 79), (3, 64)]:
@@ -57,14 +101,16 @@ def test_the_packed_layout_holds_each_weight_once():
     assert torch.equal(compensation, weight.int().sum(0) * -128)
 
 
-def test_bad_inputs_are_refused_with_what_is_wrong():
+def test_bad_inputs_are_refused_with_what_is_wrong(tmp_path):
+    int8_mm.prepare(str(tmp_path))
     a, weight = _operands(4, 32, 32)
     packed, compensation = int8_mm.pack(weight)
     with pytest.raises(ValueError, match="a must be int8"):
         torch.ops.ember.int8_mm(a.float(), weight, packed, compensation)
     with pytest.raises(ValueError, match="weight int8 \\[K, N\\]"):
         torch.ops.ember.int8_mm(a, weight[:16], packed, compensation)
-    with pytest.raises(ValueError, match="packed must be int8 \\[1, 2048\\]"):
+    expected = re.escape(str(list(packed.shape)))  # [1, 2048] on AVX512-VNNI, [2, 1024] on AVX2
+    with pytest.raises(ValueError, match=f"packed must be int8 {expected}"):
         torch.ops.ember.int8_mm(a, weight, packed[:, :64], compensation)
     with pytest.raises(ValueError, match="compensation must be int32 \\[32\\]"):
         torch.ops.ember.int8_mm(a, weight, packed, compensation.float())
@@ -72,7 +118,7 @@ def test_bad_inputs_are_refused_with_what_is_wrong():
         int8_mm.pack(torch.zeros(6, 16, dtype=torch.int8))
 
 
-@pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI")
+@pytest.mark.skipif(int8_mm.planned_build() is None, reason="no build of the kernel for this CPU")
 def test_an_int8_linear_gives_what_int_mm_gives(tmp_path, monkeypatch):
     """Same output, bit for bit, with the kernel and with _int_mm; a shape the kernel does not
     take (N % 16 != 0) has no packed weight and runs _int_mm."""
@@ -86,13 +132,13 @@ def test_an_int8_linear_gives_what_int_mm_gives(tmp_path, monkeypatch):
     assert not hasattr(Int8Linear.from_float(INT_MM, torch.nn.Linear(64, 40), None), "weight_vnni")
 
 
-@pytest.mark.skipif(not RUNS_INT8_MM, reason="the kernel needs AVX512-VNNI")
+@pytest.mark.skipif(int8_mm.planned_build() is None, reason="no build of the kernel for this CPU")
 def test_the_compiled_model_calls_the_shim_and_serves_the_int_mm_vectors(tiny_bert, tmp_path, monkeypatch):
     """A whole-model package calls aoti_torch_cpu_int8_mm; its vectors are the eager model's (which
-    runs the same int32 products), on batches below and above the kernel's 256 rows."""
+    runs the same int32 products), on batches below and above the AVX512-VNNI build's 256 rows."""
     texts = [("quick brown fox " * n).strip() for n in range(19, 0, -1)]  # 8 x ~55 tokens: > 256 rows
     compiled = LLM(str(tiny_bert), compile_cache_dir=str(tmp_path), **SMALL)
-    assert "int8_mm=ember-avx512-vnni" in kernels.mode(int8_kernels=True)  # part of the package key
+    assert f"int8_mm=ember-{int8_mm.planned_build().name}" in kernels.mode(int8_kernels=True)  # in the package key
     (package,) = tmp_path.glob("*.pt2")
     with zipfile.ZipFile(package) as archive:
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))

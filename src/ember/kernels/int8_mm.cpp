@@ -1,26 +1,32 @@
-// int8 x int8 -> int32 matrix product on AVX512-VNNI for the few rows of a single request, on a
-// weight packed once for it: what torch._int_mm(a, w) computes, bit for bit. See int8_mm.py for
-// why it exists and how it is called.
+// int8 x int8 -> int32 matrix product on a weight packed once for it: what torch._int_mm(a, w)
+// computes, bit for bit. Two builds (int8_mm.py says why each exists and how it is called):
 //
-// The packed weight (int8_mm.py pack) is [K, N] in panels of 64 columns (NV = 4 vectors of 16
-// int32 lanes): panel p holds, for each group of 4 rows k = 4t..4t+3, its 4 vectors' 16 columns
-// with their 4 bytes side by side, the layout vpdpbusd reads. vpdpbusd multiplies unsigned bytes
-// by signed bytes, so a row of a is read as a + 128 (its bytes XOR 0x80) and each column's
-// accumulator starts at the compensation -128 * sum_k w[k, n]: exact in int32 while
-// K * 255 * 128 < 2^31 (K < 65793).
+// AVX512-VNNI (EMBER_W=16), for the few rows of a single request. The packed weight (int8_mm.py
+// pack) is [K, N] in panels of 64 columns (NV = 4 vectors of 16 int32 lanes): panel p holds, for
+// each group of 4 rows k = 4t..4t+3, its 4 vectors' 16 columns with their 4 bytes side by side, the
+// layout vpdpbusd reads. vpdpbusd multiplies unsigned bytes by signed bytes, so a row of a is read
+// as a + 128 (its bytes XOR 0x80) and each column's accumulator starts at the compensation
+// -128 * sum_k w[k, n]: exact in int32 while K * 255 * 128 < 2^31 (K < 65793). A task is a block
+// of rows and one panel; the register tile is MR rows x NV vectors (24 of the 32 registers
+// accumulate). Above kMaxRows rows the shim hands the product to torch's _int_mm (oneDNN), which
+// packs the plain weight per call: that costs a few rows little and a batch nothing, where this
+// kernel is on par.
 //
-// A task is a block of rows and one panel; the register tile is MR rows x NV vectors (24 of the 32
-// registers accumulate). Above kMaxRows rows the shim hands the product to torch's _int_mm
-// (oneDNN), which packs the plain weight per call: that costs a few rows little and a batch
-// nothing, where this kernel is on par.
+// AVX2 (EMBER_W=8), for every row count: a CPU without int8 dot products has no fast _int_mm to
+// hand a batch to. AVX2's byte multiply (vpmaddubsw) adds two u8 x s8 products into a saturating
+// int16, which 8-bit activations overflow; vpmaddwd multiplies int16 pairs into int32 without
+// saturation, so both operands are widened to int16 and every product is exact, signed by signed
+// (no compensation). It does as many multiplies per instruction as the byte path. The packed
+// weight holds int16: panels of 16 columns (2 vectors of 8 lanes), for each pair of rows k = 2t,
+// 2t+1 the panel's columns with their two int16 side by side. a is widened into a scratch first.
+// Tasks are blocks of kRowBlock rows x kColumnBlock columns, K in steps of kDepth (so that the
+// tile's rows of a and the panel's slice of the weight stay in L1).
 
 #include "common.h"
 
 namespace {
 
-#if EMBER_W != 16
-#error "int8_mm.cpp is built for AVX512-VNNI only (EMBER_W=16)"
-#endif
+#if EMBER_W == 16
 
 typedef int32_t V16 __attribute__((vector_size(64)));
 typedef int32_t V16u __attribute__((vector_size(64), aligned(4)));  // loads and stores: no alignment assumed
@@ -100,6 +106,96 @@ void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed, const i
     }
 }
 
+// The packed weight's shape and dtype for K, N (the shim checks them).
+inline bool packed_matches(const View& p, int64_t K, int64_t N) {
+  return p.dtype == shim.dtype_int8 && p.dim == 2 && p.sizes[0] == (N + PANEL - 1) / PANEL && p.sizes[1] == K / 4 * NV * 64;
+}
+
+#elif EMBER_W == 8
+
+typedef int32_t V8 __attribute__((vector_size(32)));
+typedef int32_t V8u __attribute__((vector_size(32), aligned(4)));
+typedef int16_t H16 __attribute__((vector_size(32)));
+
+constexpr int NV = 2;                         // vectors of 8 columns per panel
+constexpr int PANEL = NV * 8;                 // columns per panel
+constexpr int MR = 6;                         // rows per register tile (12 of the 16 registers accumulate)
+constexpr int64_t kRowBlock = 96;             // rows per task
+constexpr int64_t kColumnBlock = 64;          // columns per task
+constexpr int64_t kDepth = 384;               // K per pass over a task's tiles
+constexpr int64_t kMaxRows = INT64_MAX;       // the shim never hands over to _int_mm
+
+inline V8 splat_int(int32_t x) { return (V8{} + 1) * x; }
+// acc + the products of a's and b's int16 pairs, each pair summed (vpmaddwd: exact in int32).
+inline V8 madd(V8 acc, V8 a, V8 b) { return acc + (V8)__builtin_ia32_pmaddwd256((H16)a, (H16)b); }
+
+// Rows of c (R of them), columns of one panel, over `pairs` pairs of K from a's int16 rows and the
+// panel's slice; starts from 0 (first pass) or from what c holds.
+template <int R>
+inline void tile(const int16_t* a, int64_t K, const int16_t* panel, int64_t pairs, bool first, int32_t* c, int64_t N) {
+  V8 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? V8{} : *reinterpret_cast<const V8u*>(c + r * N + v * 8);
+  for (int64_t t = 0; t < pairs; ++t) {
+    V8 w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const V8u*>(panel + (t * NV + v) * 16);
+    for (int r = 0; r < R; ++r) {
+      int32_t word;
+      __builtin_memcpy(&word, a + r * K + 2 * t, 4);
+      const V8 x = splat_int(word);
+      for (int v = 0; v < NV; ++v) acc[r][v] = madd(acc[r][v], x, w[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<V8u*>(c + r * N + v * 8) = acc[r][v];
+}
+
+template <int R>
+inline void rows_tile(int64_t rows, const int16_t* a, int64_t K, const int16_t* panel, int64_t pairs, bool first,
+                      int32_t* c, int64_t N) {
+  if constexpr (R > 1) {
+    if (rows < R) return rows_tile<R - 1>(rows, a, K, panel, pairs, first, c, N);
+  }
+  tile<R>(a, K, panel, pairs, first, c, N);
+}
+
+// c [M, N] = a [M, K] @ w, w packed by pack_avx2(); K % 4 == 0, N % 16 == 0.
+void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed_bytes, const int32_t*, int64_t N, int32_t* c) {
+  const int16_t* packed = reinterpret_cast<const int16_t*>(packed_bytes);
+  Scratch<int16_t> widened;  // a as int16 (glibc reuses the freed block: no page faults per call)
+  int16_t* a16 = widened.reserve(M * K);
+  const int64_t row_blocks = (M + kRowBlock - 1) / kRowBlock, column_blocks = (N + kColumnBlock - 1) / kColumnBlock;
+  const int64_t panels = N / PANEL;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M * K; ++i) a16[i] = a[i];
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t cb = 0; cb < column_blocks; ++cb)
+      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        const int64_t m_end = min_of<int64_t>(M, (rb + 1) * kRowBlock);
+        const int64_t p_end = min_of<int64_t>(panels, (cb + 1) * kColumnBlock / PANEL);
+        for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+          const int64_t pairs = min_of<int64_t>(kDepth, K - k0) / 2;
+          for (int64_t p = cb * kColumnBlock / PANEL; p < p_end; ++p) {
+            const int16_t* panel = packed + p * K * PANEL + k0 * PANEL;
+            for (int64_t m = rb * kRowBlock; m < m_end; m += MR)
+              rows_tile<MR>(min_of<int64_t>(MR, m_end - m), a16 + m * K + k0, K, panel, pairs, k0 == 0,
+                            c + m * N + p * PANEL, N);
+          }
+        }
+      }
+  }
+}
+
+inline bool packed_matches(const View& p, int64_t K, int64_t N) {
+  return p.dtype == shim.dtype_int8 && p.dim == 2 && p.sizes[0] == N / PANEL && p.sizes[1] == K * PANEL * 2;
+}
+
+#else
+#error "int8_mm.cpp is built for AVX512-VNNI (EMBER_W=16) or AVX2 (EMBER_W=8)"
+#endif
+
 bool supported(int64_t K, int64_t N) { return K > 0 && K % 4 == 0 && K < 65793 && N > 0 && N % 16 == 0; }
 
 }  // namespace
@@ -123,19 +219,17 @@ int32_t ember_int8_mm(const int8_t* a, int64_t M, int64_t K, const int8_t* packe
 
 // The AOTInductor C shim of ember::int8_mm (what a compiled graph calls): a int8 [M, K] and
 // weight int8 [K, N], both with unit stride in their last dimension, a's rows contiguous; packed
-// int8 [N / 64 panels, K / 4 * 256] and compensation int32 [N] from int8_mm.py pack. Returns int32
+// (int8, this build's layout) and compensation int32 [N] from int8_mm.py pack. Returns int32
 // [M, N]: this kernel up to kMaxRows rows, torch's _int_mm on weight above.
 AOTITorchError aoti_torch_cpu_int8_mm(AtenTensorHandle a, AtenTensorHandle weight, AtenTensorHandle packed,
                                       AtenTensorHandle compensation, AtenTensorHandle* ret0) {
   View x, w, p, comp;
   if (!view(a, x) || !view(weight, w) || !view(packed, p) || !view(compensation, comp) || x.dim != 2 || w.dim != 2 ||
-      x.dtype != shim.dtype_int8 || w.dtype != shim.dtype_int8 || p.dtype != shim.dtype_int8 ||
-      comp.dtype != shim.dtype_int32 || comp.dim != 1)
+      x.dtype != shim.dtype_int8 || w.dtype != shim.dtype_int8 || comp.dtype != shim.dtype_int32 || comp.dim != 1)
     return AOTI_TORCH_FAILURE;
   const int64_t M = x.sizes[0], K = x.sizes[1], N = w.sizes[1];
-  if (w.sizes[0] != K || !supported(K, N) || comp.sizes[0] != N || comp.strides[0] != 1 || p.dim != 2 ||
-      p.sizes[0] != (N + PANEL - 1) / PANEL || p.sizes[1] != K / 4 * NV * 64 || p.strides[1] != 1 ||
-      p.strides[0] != p.sizes[1])
+  if (w.sizes[0] != K || !supported(K, N) || comp.sizes[0] != N || comp.strides[0] != 1 || !packed_matches(p, K, N) ||
+      p.strides[1] != 1 || p.strides[0] != p.sizes[1])
     return AOTI_TORCH_FAILURE;
   const bool own = M <= kMaxRows;  // else torch's _int_mm, which takes any strides
   if (own && M > 0 && (x.strides[1] != 1 || (M > 1 && x.strides[0] != K))) return AOTI_TORCH_FAILURE;

@@ -14,6 +14,7 @@ from ember import kernels
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
 from ember.kernels import attention as attention_kernel
+from ember.kernels.library import vector_isa
 from ember.model.dense import load_dense
 from ember.model.heads import M3_UNUSED_ROLES, OutputHeads, SpladeWeights, load_m3_heads, special_token_ids
 from ember.model.info import describe_model
@@ -46,7 +47,7 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags())
+        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), vector_isa())
         self.quantization = int8.resolve_quantization(
             mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel,
             model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
