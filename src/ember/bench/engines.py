@@ -40,6 +40,8 @@ ENGINES: tuple[EngineSpec, ...] = (
     EngineSpec("ember-fp32-aten", 'Ember dtype="float32", linear_kernel="aten"', "ember_engine", None, "fp32",
                {"dtype": "float32", "linear_kernel": "aten"}),
     EngineSpec("ember-int8", 'Ember quantization="int8"', "ember_engine", None, "int8", {"quantization": "int8"}),
+    EngineSpec("ember-int8-onednn", 'Ember int8_kernel="onednn"', "ember_engine", None, "int8",
+               {"int8_kernel": "onednn"}),
     EngineSpec("ember-bf16", 'Ember dtype="bfloat16"', "ember_engine", None, "bf16", {"dtype": "bfloat16"}),
     EngineSpec("st-fp32", "sentence-transformers torch fp32", "st", "st", "fp32", {"dtype": "float32"}),
     EngineSpec("st-fp32-compile", "sentence-transformers torch fp32 + torch.compile", "st", "st", "fp32",
