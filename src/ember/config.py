@@ -47,8 +47,9 @@ class ModelConfig:
         "--quantization-min-cosine; auto: int8 where the CPU has a fast int8 kernel, the dtype is auto and the "
         "model compiles, float if int8 misses the gate; none: float (--dtype)",
         choices=("auto", "int8", None), none_flag="none")
-    int8_kernel: str = option("auto", "int8 GEMM: int_mm (torch._int_mm, fast with VNNI/AMX), onednn (u8 x s8 on "
-                              "7-bit activations, fast on AVX2 without VNNI), auto: the one this CPU runs fast",
+    int8_kernel: str = option("auto", "int8 GEMM: int_mm (torch._int_mm's products: oneDNN with VNNI/AMX, Ember's "
+                              "kernel on AVX2), onednn (oneDNN's u8 x s8 on 7-bit activations, ffn_out float32), "
+                              "auto: int_mm where either runs",
                               choices=("auto", "int_mm", "onednn"))
     linear_kernel: str = option("auto", "float32/bfloat16 GEMM of the encoder's linears: onednn (oneDNN, on a weight "
                                 "packed once at load), aten (torch's own: MKL's sgemm for float32), auto: onednn on "

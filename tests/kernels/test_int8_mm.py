@@ -5,7 +5,11 @@ through its C shim."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -149,3 +153,29 @@ def test_the_compiled_model_calls_the_shim_and_serves_the_int_mm_vectors(tiny_be
         ref = np.stack([o.outputs.data for o in eager.embed(batch)])
         assert ((ours * ref).sum(axis=1) >= 0.9999).all()
     assert compiled.stats()["compiles_after_ready"] == 0
+
+
+@pytest.mark.skipif(library.AVX2 not in builds() or "avx_vnni" in library.cpu_flags(),
+                    reason="needs an x86 CPU with AVX2 whose torch can be held to it (and no AVX-VNNI)")
+def test_held_to_avx2_the_default_runs_int_mm_on_the_avx2_build_with_the_same_vectors(tiny_bert, tmp_path):
+    """In a process whose torch runs AVX2 (a Zen 3's, or this CPU held to it), the default int8
+    kernel is int_mm on Ember's AVX2 build, every linear in int8, and its vectors are those of the
+    int8 model's eager int32 products."""
+    texts = [("quick brown fox " * n).strip() for n in range(19, 0, -1)]  # 8 x ~55 tokens: > 256 rows
+    options = {k: v for k, v in SMALL.items() if k != "int8_kernel"}
+    script = f"""
+import json, numpy as np
+from ember import LLM, kernels
+llm = LLM({str(tiny_bert)!r}, compile_cache_dir={str(tmp_path / "cache")!r}, **{options!r})
+eager = LLM({str(tiny_bert)!r}, enforce_eager=True, compile_cache_dir="", **{options!r})
+vectors = [np.stack([o.outputs.data for o in engine.embed({texts!r})]) for engine in (llm, eager)]
+print(json.dumps({{"mode": kernels.mode(int8_kernels=True), "int8_kernel": llm.stats()["int8_kernel"],
+                  "min_cosine": float((vectors[0] * vectors[1]).sum(axis=1).min())}}))
+"""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "int8_mm=ember-avx2" in report["mode"] and report["int8_kernel"] == "int_mm"
+    assert report["min_cosine"] >= 0.9999

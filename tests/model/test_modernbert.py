@@ -81,12 +81,12 @@ def test_sequence_classification_head_equals_transformers(tmp_path: Path, num_la
 def test_the_default_runs_int8_where_the_cpu_has_a_kernel(embedder: Path) -> None:
     """ModernBERT gets int8 by default like BERT (its layers differ, so the whole int8 model is one
     graph); the gate is relaxed here because random tiny weights say nothing about a real model's."""
-    from ember.kernels.library import vector_isa
+    from ember.kernels import int8_mm, library
     from ember.runner.device import cpu_flags
     from ember.runner.int8 import choose_kernel, resolve_quantization
 
     llm = LLM(str(embedder), quantization_min_cosine=0.5, max_num_seqs=8)
-    int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), vector_isa())) == "int8"
+    int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), int8_mm.planned_build() == library.AVX2)) == "int8"
     stats = llm.stats()
     assert stats["quantization"] == ("int8" if int8 else None) and stats["compiles_after_ready"] == 0
     reference = LLM(str(embedder), dtype="float32", enforce_eager=True, quantization=None)

@@ -11,8 +11,7 @@ import torch
 
 from ember import LLM
 from ember.errors import InvalidRequestError
-from ember.kernels import library
-from ember.kernels.library import vector_isa
+from ember.kernels import int8_mm, library
 from ember.runner.device import cpu_flags
 from ember.runner.int8 import Int8Kernel, QuantizationQualityError, choose_kernel, keeps_rung, resolve_quantization
 from ember.runner.int8.calibration import (
@@ -36,7 +35,7 @@ def _vectors(llm: LLM, texts: list[str]) -> np.ndarray:
     return np.stack([o.outputs.data for o in llm.embed(texts, truncate_prompt_tokens=-1)])
 
 
-FAST_KERNELS = sorted({(choose_kernel("auto", cpu_flags(), vector_isa()) or ONEDNN).name, ONEDNN.name})
+FAST_KERNELS = sorted({(choose_kernel("auto", cpu_flags(), int8_mm.planned_build() == library.AVX2) or ONEDNN).name, ONEDNN.name})
 """The kernels that run fast on this CPU (int_mm is a reference loop without VNNI)."""
 
 
@@ -166,19 +165,20 @@ def test_polynomial_gelu_stays_within_its_stated_error():
     assert float(error[x.abs() < 1e-3].max()) < 1e-9  # ~x/2 near 0: no offset
 
 
-@pytest.mark.parametrize(("flags", "isa", "kernel"), [
-    ({"avx512f", "avx512_vnni"}, library.AVX512, INT_MM),
-    ({"avx2", "avx_vnni"}, library.AVX2, INT_MM),
-    ({"avx2", "amx_int8"}, library.AVX512, INT_MM),
-    ({"avx2", "avx512f"}, library.AVX512, INT_MM),  # no int8 dot products: Ember's exact AVX2 int8_mm
-    ({"avx2"}, library.AVX2, INT_MM),
-    ({"avx2"}, None, ONEDNN),  # torch held below AVX2 (no Ember kernels): oneDNN on 7-bit activations
-    ({"sse4_2"}, None, None),  # neither: no int8 by default
-    (set(), None, None),
+@pytest.mark.parametrize(("flags", "avx2_int8_mm", "kernel"), [
+    ({"avx512f", "avx512_vnni"}, False, INT_MM),
+    ({"avx2", "avx_vnni"}, False, INT_MM),
+    ({"avx2", "amx_int8"}, False, INT_MM),
+    ({"avx2", "avx512f"}, True, INT_MM),  # no int8 dot products: Ember's exact AVX2 int8_mm
+    ({"avx2"}, True, INT_MM),
+    ({"avx2"}, False, ONEDNN),  # that kernel not loaded: oneDNN on 7-bit activations
+    ({"sse4_2"}, False, None),  # neither: no int8 by default
+    (set(), False, None),
 ])
-def test_which_int8_kernel_each_cpu_gets(flags, isa, kernel):
-    assert choose_kernel("auto", flags, isa) == kernel
-    assert choose_kernel("onednn", flags, isa) == ONEDNN and choose_kernel("int_mm", flags, isa) == INT_MM  # as asked
+def test_which_int8_kernel_each_cpu_gets(flags, avx2_int8_mm, kernel):
+    assert choose_kernel("auto", flags, avx2_int8_mm) == kernel
+    for loaded in (False, True):  # as asked
+        assert choose_kernel("onednn", flags, loaded) == ONEDNN and choose_kernel("int_mm", flags, loaded) == INT_MM
 
 
 @pytest.mark.parametrize(("requested", "dtype", "eager", "kernel", "expected"), [
@@ -205,7 +205,7 @@ def test_auto_keeps_llama_style_embedders_in_float(tiny_qwen3_embedder):
 
 def test_the_default_is_int8_where_the_cpu_has_int8_dot_products(tiny_bert):
     llm = LLM(str(tiny_bert), quantization_min_cosine=0.5, **SMALL)
-    int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), vector_isa())) == "int8"
+    int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), int8_mm.planned_build() == library.AVX2)) == "int8"
     stats = llm.stats()
     assert stats["quantization"] == ("int8" if int8 else None)
     assert (stats["quantization_min_cosine_measured"] is not None) == int8
@@ -221,7 +221,7 @@ def test_auto_falls_back_to_float_when_int8_misses_the_gate(tiny_bert, caplog):
     stats = llm.stats()
     assert stats["quantization"] is None and stats["quantization_min_cosine_measured"] is None
     assert stats["dtype"] in ("float32", "bfloat16") and stats["compiles_after_ready"] == 0
-    if resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), vector_isa())) == "int8":
+    if resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), int8_mm.planned_build() == library.AVX2)) == "int8":
         assert "running the float model instead" in caplog.text
         # ...with the float model's batch budget, not the int8 one
         assert llm.engine.runner.plan.max_tokens == ENCODER_BATCH_TOKENS

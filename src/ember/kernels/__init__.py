@@ -4,7 +4,8 @@ model code calls them, the runner prepares them before it builds or loads a grap
 
 - attention: an encoder layer's attention (kernels/attention.py);
 - int8_ffn: the middle of an int8 feed-forward block, GELU and requantization (kernels/int8_ffn.py);
-- int8_mm: an int8 linear's GEMM at the few rows of a single request, on AVX512-VNNI (kernels/int8_mm.py).
+- int8_mm: an int8 linear's GEMM, for the few rows of a single request on AVX512-VNNI and for every
+  row count on AVX2 without int8 dot products (kernels/int8_mm.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def prepare(cache_dir: str, *, int8_kernels: bool) -> str:
 
 def mode(*, int8_kernels: bool) -> str:
     """Which of the kernels a graph may call run in this process, e.g.
-    "attention=ember-avx512,int8_ffn=ember-avx512,int8_mm=ember-avx512-vnni" (the int8 ones only
+    "attention=ember-avx512,int8_ffn=ember-avx512,int8_mm=ember-avx512-vnni" (or int8_mm=ember-avx2) (the int8 ones only
     for an int8 graph on int_mm, so that a float graph's key does not depend on them): part of a
     compiled graph's cache key."""
     parts = [f"attention={attention.mode()}"]

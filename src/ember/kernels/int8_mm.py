@@ -17,7 +17,8 @@ bit for bit, so the int8 model's vectors do not depend on which runs.
   both operands to int16 and multiplies with vpmaddwd, exact for 8-bit activations, so the
   int_mm kernel's quality (8-bit rows, every linear in int8) holds on AVX2. On a Zen 4 held to
   AVX2, 2 threads, MiniLM's shapes: 1.4-2.0x oneDNN's AVX2 u8 x s8 linear at 16 rows, 2.8-4.5x at
-  one row, 0.8-0.9x at 256-1024 rows (oneDNN's time includes scaling its output to float32).
+  one row, 0.8-0.9x at 256-1024 rows (oneDNN's time includes scaling its output to float32). With
+  ffn_out in int8 the model is on par at batches and takes 0.71x the time for one text (docs/int8.md).
   Not for a CPU with AVX-VNNI (256-bit), whose _int_mm is oneDNN's VNNI kernel.
 
 The int8 model keeps the packed weight beside the int8 one (MiniLM: +11 MB on AVX512-VNNI, +22 MB
@@ -156,6 +157,11 @@ def prepare(cache_dir: str) -> str:
 def mode() -> str:
     """What multiplies an int8 linear: "ember-avx512-vnni" (a few rows), "ember-avx2" or "torch"."""
     return f"ember-{_process.kernel.build.name}" if _process.kernel is not None else "torch"
+
+
+def avx2_build_runs(cache_dir: str) -> bool:
+    """Whether this process multiplies int8 with the AVX2 build (built, ~0.4 s, or loaded now)."""
+    return planned_build() == library.AVX2 and prepare(cache_dir) == f"ember-{library.AVX2.name}"
 
 
 def supports() -> bool:

@@ -14,7 +14,7 @@ from ember import kernels
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
 from ember.kernels import attention as attention_kernel
-from ember.kernels.library import vector_isa
+from ember.kernels import int8_mm
 from ember.model.dense import load_dense
 from ember.model.heads import M3_UNUSED_ROLES, OutputHeads, SpladeWeights, load_m3_heads, special_token_ids
 from ember.model.info import describe_model
@@ -47,7 +47,7 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), vector_isa())
+        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), self._avx2_int8_mm_loaded())
         self.quantization = int8.resolve_quantization(
             mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel,
             model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
@@ -88,6 +88,16 @@ class ModelRunner:
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
+
+    def _avx2_int8_mm_loaded(self) -> bool:
+        """Whether Ember's AVX2 int8_mm runs here, which makes int_mm the default int8 kernel on a CPU
+        without int8 dot products: built (first start, ~0.4 s) or loaded now, before the choice,
+        since without it int_mm would run torch's reference loop there."""
+        mc, cc = self.config.model_config, self.config.compile_config
+        may_run_int8 = mc.quantization == "int8" or (mc.quantization == "auto" and mc.dtype == "auto"
+                                                      and not cc.enforce_eager)
+        return may_run_int8 and mc.int8_kernel == "auto" and int8_mm.avx2_build_runs(
+            resolve_cache_dir(cc.compile_cache_dir))
 
     def _shape_plan(self) -> ShapePlan:
         """The shapes to compile and warm; the batch budget follows what runs (int8 or float)."""

@@ -6,7 +6,7 @@ Two kernels, both called from inside the AOT-compiled graph (no Python on the re
   (kernels/int8_mm.py: the same int32 products). With int8 dot-product instructions (AVX512-VNNI,
   AVX-VNNI, AMX) _int_mm is oneDNN's VNNI GEMM; without them it is a reference loop (2-3 GOP/s on a
   Zen 3 against MKL float32's 74-130 GFLOP/s), so there int_mm is the default only where Ember's
-  AVX2 build multiplies every row (int16 products, exact for 8-bit activations).
+  AVX2 build is loaded and multiplies every row (int16 products, exact for 8-bit activations).
 - "onednn": `onednn::qlinear_pointwise` on a weight prepacked by `onednn::qlinear_prepack` (uint8
   activations x int8 weights, the output scaled per channel to float32). On AVX2 without VNNI
   oneDNN multiplies with vpmaddubsw, which adds two u8 x s8 products into an int16 and saturates:
@@ -15,7 +15,7 @@ Two kernels, both called from inside the AOT-compiled graph (no Python on the re
   float32 (ONEDNN.float_linears). Per-token activation ranges stay:
   the rows are quantized by the graph itself (fused with what produced them) and handed over with
   a scale of 1, so the kernel's per-tensor activation scale costs nothing. The default on an AVX2
-  CPU only where torch runs below AVX2 there, so that Ember's kernels are not built.
+  CPU only where Ember's AVX2 int8_mm is not loaded (torch held below AVX2, the build failed).
 
 AMX (amx_int8) and ARM (NEON dot product / i8mm) are planned in docs/int8.md; on a CPU with neither
 kernel's instructions int8 is not the default.
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 
 from ember.errors import InvalidRequestError
-from ember.kernels import int8_mm, library
 
 FLOAT_HEADS = ("head.", "sparse_head.")
 """Module paths of the heads, which stay float32 under int8 (linears and activations): they run
@@ -95,11 +94,11 @@ bench short texts / passages): every linear in int8 0.9992 / 0.9986 / 0.9988; ff
 KERNELS = {k.name: k for k in (INT_MM, ONEDNN)}
 
 
-def choose_kernel(requested: str, flags: set[str], isa: library.VectorIsa | None) -> Int8Kernel | None:
-    """The kernel for `requested` ("auto", "int_mm" or "onednn") on a CPU with `flags`, in a
-    process whose torch runs `isa` (library.vector_isa()); for "auto" None when no kernel is fast
-    here (int8 is then not the default). int_mm where _int_mm is fast (int8 dot products) or Ember's
-    exact AVX2 build of it runs (kernels/int8_mm.py); onednn where only oneDNN's AVX2 kernel does."""
+def choose_kernel(requested: str, flags: set[str], avx2_int8_mm: bool) -> Int8Kernel | None:
+    """The kernel for `requested` ("auto", "int_mm" or "onednn") on a CPU with `flags`; for "auto"
+    None when no kernel is fast here (int8 is then not the default). int_mm where _int_mm is fast
+    (int8 dot products) or `avx2_int8_mm`, Ember's exact AVX2 build of it, is loaded
+    (kernels/int8_mm.py; without it int_mm would be a reference loop there); else onednn on AVX2."""
     if requested != "auto":
         if requested not in KERNELS:
             raise InvalidRequestError(f"int8_kernel must be 'auto', 'int_mm' or 'onednn', got {requested!r}",
@@ -109,7 +108,7 @@ def choose_kernel(requested: str, flags: set[str], isa: library.VectorIsa | None
         return KERNELS[requested]
     if any(flag in flags for flag in INT8_DOT_PRODUCT_FLAGS):
         return INT_MM
-    if int8_mm.build_for(isa, flags) == library.AVX2:
+    if avx2_int8_mm:
         return INT_MM
     if "avx2" in flags and torch.backends.mkldnn.is_available():
         return ONEDNN
