@@ -157,20 +157,30 @@ def test_the_compiled_model_calls_the_shim_and_serves_the_int_mm_vectors(tiny_be
 
 @pytest.mark.skipif(library.AVX2 not in builds() or "avx_vnni" in library.cpu_flags(),
                     reason="needs an x86 CPU with AVX2 whose torch can be held to it (and no AVX-VNNI)")
-def test_held_to_avx2_the_default_runs_int_mm_on_the_avx2_build_with_the_same_vectors(tiny_bert, tmp_path):
-    """In a process whose torch runs AVX2 (a Zen 3's, or this CPU held to it), the default int8
-    kernel is int_mm on Ember's AVX2 build, every linear in int8, and its vectors are those of the
-    int8 model's eager int32 products."""
+def test_on_an_avx2_cpu_the_default_runs_int_mm_on_the_avx2_build_or_onednn_without_it(tiny_bert, tmp_path):
+    """In a process whose torch runs AVX2 on a CPU without int8 dot products (a Zen 3's; here this
+    CPU held to AVX2, its dot-product flags hidden from the engine), the default int8 kernel is
+    int_mm on Ember's AVX2 build, every linear in int8, with the vectors of the int8 model's eager
+    int32 products; where that build does not load, it is oneDNN's 7-bit kernel, not _int_mm's
+    reference loop."""
     texts = [("quick brown fox " * n).strip() for n in range(19, 0, -1)]  # 8 x ~55 tokens: > 256 rows
     options = {k: v for k, v in SMALL.items() if k != "int8_kernel"}
     script = f"""
 import json, numpy as np
 from ember import LLM, kernels
+from ember.kernels import int8_mm, library
+from ember.runner import model_runner
+flags = library.cpu_flags() - {{"avx512_vnni", "avx_vnni", "amx_int8"}}
+library.cpu_flags = model_runner.cpu_flags = lambda: flags
 llm = LLM({str(tiny_bert)!r}, compile_cache_dir={str(tmp_path / "cache")!r}, **{options!r})
 eager = LLM({str(tiny_bert)!r}, enforce_eager=True, compile_cache_dir="", **{options!r})
 vectors = [np.stack([o.outputs.data for o in engine.embed({texts!r})]) for engine in (llm, eager)]
-print(json.dumps({{"mode": kernels.mode(int8_kernels=True), "int8_kernel": llm.stats()["int8_kernel"],
-                  "min_cosine": float((vectors[0] * vectors[1]).sum(axis=1).min())}}))
+report = {{"mode": kernels.mode(int8_kernels=True), "int8_kernel": llm.stats()["int8_kernel"],
+          "min_cosine": float((vectors[0] * vectors[1]).sum(axis=1).min())}}
+int8_mm.avx2_build_runs = lambda cache_dir: False  # as if the build had failed
+without = LLM({str(tiny_bert)!r}, compile_cache_dir={str(tmp_path / "cache")!r}, **{options!r})
+report["without_build"] = without.stats()["int8_kernel"]
+print(json.dumps(report))
 """
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False,
@@ -179,3 +189,4 @@ print(json.dumps({{"mode": kernels.mode(int8_kernels=True), "int8_kernel": llm.s
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert "int8_mm=ember-avx2" in report["mode"] and report["int8_kernel"] == "int_mm"
     assert report["min_cosine"] >= 0.9999
+    assert report["without_build"] == "onednn-float-ffn_out"

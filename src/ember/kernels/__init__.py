@@ -33,7 +33,7 @@ def prepare(cache_dir: str, *, int8_kernels: bool) -> str:
 
 def mode(*, int8_kernels: bool) -> str:
     """Which of the kernels a graph may call run in this process, e.g.
-    "attention=ember-avx512,int8_ffn=ember-avx512,int8_mm=ember-avx512-vnni" (or int8_mm=ember-avx2) (the int8 ones only
+    "attention=ember-avx512,int8_ffn=ember-avx512,int8_mm=ember-avx512-vnni" (the int8 ones only
     for an int8 graph on int_mm, so that a float graph's key does not depend on them): part of a
     compiled graph's cache key."""
     parts = [f"attention={attention.mode()}"]

@@ -159,7 +159,7 @@ inline void rows_tile(int64_t rows, const int16_t* a, int64_t K, const int16_t* 
   tile<R>(a, K, panel, pairs, first, c, N);
 }
 
-// c [M, N] = a [M, K] @ w, w packed by pack_avx2(); K % 4 == 0, N % 16 == 0.
+// c [M, N] = a [M, K] @ w, w packed by int8_mm.py pack(w, AVX2); K % 4 == 0, N % 16 == 0.
 void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed_bytes, const int32_t*, int64_t N, int32_t* c) {
   const int16_t* packed = reinterpret_cast<const int16_t*>(packed_bytes);
   Scratch<int16_t> widened;  // a as int16 (glibc reuses the freed block: no page faults per call)

@@ -133,8 +133,8 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str, flags: set[str] | None =
     lib = library.load_bound("int8_mm", build, cache_dir) if build is not None else None
     if lib is None:
         if build == library.AVX2:
-            logger.warning("without Ember's AVX2 int8_mm kernel, an int8 model on int8_kernel='int_mm' runs "
-                           "torch._int_mm, a reference loop on this CPU: start it with int8_kernel='onednn'")
+            logger.warning("without Ember's AVX2 int8_mm kernel, int8_kernel='auto' runs oneDNN's 7-bit kernel "
+                           "(ffn_out in float32), and an explicit 'int_mm' torch._int_mm, a reference loop here")
         return None
     raw = lib.ember_int8_mm
     raw.restype = ctypes.c_int32
