@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ember.bench import corpus, roofline
+from ember.bench.report import machine_line
 from ember.bench.throughput import min_cosine
 from ember.entrypoints.cli import build_parser
 
@@ -38,3 +39,15 @@ def test_min_cosine_is_scale_invariant() -> None:
 def test_bench_subcommand_parses() -> None:
     args = build_parser().parse_args(["bench", "--engines", "ember,st-fp32", "--runs", "1"])
     assert args.command == "bench" and args.engines == "ember,st-fp32" and args.task == "throughput"
+
+
+def test_a_run_held_to_a_narrower_isa_says_so_in_its_machine_line(monkeypatch) -> None:
+    """The flags come from /proc/cpuinfo; a run held to AVX2 (a proxy for an older CPU) must not
+    read as a run of the CPU's own ISA."""
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert "held to" not in machine_line({"cpu": roofline.cpu_description()})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cpu = roofline.cpu_description()
+    assert cpu["held_to"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert "held to" in machine_line({"cpu": cpu}) and "ONEDNN_MAX_CPU_ISA=AVX2" in machine_line({"cpu": cpu})

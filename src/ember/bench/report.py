@@ -10,6 +10,9 @@ def machine_line(report: dict[str, Any]) -> str:
     line = f"Machine: {cpu['model']}, {cpu['threads']} threads, flags: {', '.join(cpu['flags']) or 'none'}"
     if "amx_bf16" not in cpu["flags"]:
         line += " (no AMX)"
+    if cpu.get("held_to"):
+        held = " ".join(f"{name}={value}" for name, value in cpu["held_to"].items())
+        line += f"; held to {cpu.get('torch_isa', '?')} ({held}): torch and oneDNN use no more than that (ONNX Runtime and OpenVINO pick their own)"
     peak = report.get("gemm_peak_gflops")
     if peak:
         bf16 = f"{peak['bf16']:.0f} GFLOP/s" if peak["bf16"] else "not measured (no native bf16: emulated, very slow)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -53,5 +54,9 @@ def cpu_description() -> dict[str, object]:
     except OSError:
         pass
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+    # A run held to a narrower ISA than the CPU's (a proxy for an older CPU) says so: the flags
+    # above come from /proc/cpuinfo, whatever the kernels were allowed to use.
+    held = {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ}
     return {"model": model, "threads": torch.get_num_threads(),
-            "flags": [f for f in wanted if f in flags]}
+            "flags": [f for f in wanted if f in flags], "torch_isa": torch.backends.cpu.get_cpu_capability(),
+            "held_to": held}
