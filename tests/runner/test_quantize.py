@@ -203,7 +203,7 @@ def test_auto_keeps_llama_style_embedders_in_float(tiny_qwen3_embedder):
     assert llm.stats()["quantization"] is None and llm.stats()["dtype"] in ("float32", "bfloat16")
 
 
-def test_the_default_is_int8_where_the_cpu_has_int8_dot_products(tiny_bert):
+def test_the_default_is_int8_where_the_cpu_has_a_fast_int8_kernel(tiny_bert):
     llm = LLM(str(tiny_bert), quantization_min_cosine=0.5, **SMALL)
     int8 = resolve_quantization("auto", "auto", False, choose_kernel("auto", cpu_flags(), int8_mm.planned_build() == library.AVX2)) == "int8"
     stats = llm.stats()
