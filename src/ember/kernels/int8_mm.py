@@ -86,13 +86,13 @@ def pack(weight: torch.Tensor, build: library.VectorIsa | None = None) -> tuple[
         # [K/2, 2, panel, column] -> [panel, K/2, column, 2]
         pairs = weight.to(torch.int16).reshape(in_features // 2, 2, out_features // PANEL_AVX2, PANEL_AVX2)
         packed = pairs.permute(2, 0, 3, 1).contiguous().view(torch.int8)
-        return packed.reshape(out_features // PANEL_AVX2, in_features * PANEL_AVX2 * 2), compensation
+        return packed.reshape(packed_shape(in_features, out_features, library.AVX2)), compensation
     panels = -(-out_features // PANEL)
     padded = torch.zeros(in_features, panels * PANEL, dtype=torch.int8)
     padded[:, :out_features] = weight
     # [K/4, 4, panel, vector, column] -> [panel, K/4, vector, column, 4]
     blocked = padded.reshape(in_features // 4, 4, panels, PANEL // 16, 16).permute(2, 0, 3, 4, 1)
-    return blocked.reshape(panels, in_features // 4 * PANEL * 4).contiguous(), compensation
+    return blocked.reshape(packed_shape(in_features, out_features, library.AVX512_VNNI)).contiguous(), compensation
 
 
 def packed_shape(in_features: int, out_features: int, build: library.VectorIsa | None = None) -> tuple[int, int]:
@@ -161,7 +161,10 @@ def mode() -> str:
 
 def avx2_build_runs(cache_dir: str) -> bool:
     """Whether this process multiplies int8 with the AVX2 build (built, ~0.4 s, or loaded now)."""
-    return planned_build() == library.AVX2 and prepare(cache_dir) == f"ember-{library.AVX2.name}"
+    if planned_build() != library.AVX2:
+        return False
+    prepare(cache_dir)
+    return _process.kernel is not None and _process.kernel.build == library.AVX2
 
 
 def supports() -> bool:

@@ -47,10 +47,10 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), self._avx2_int8_mm_loaded())
+        allows_int8 = getattr(model_class(self.folder.architecture), "int8_by_default", False)
+        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), self._avx2_int8_mm_loaded(allows_int8))
         self.quantization = int8.resolve_quantization(
-            mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel,
-            model_allows=getattr(model_class(self.folder.architecture), "int8_by_default", False))
+            mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel, model_allows=allows_int8)
         """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
         # Asked for int8 without a fast kernel: the portable one.
@@ -89,14 +89,15 @@ class ModelRunner:
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
 
-    def _avx2_int8_mm_loaded(self) -> bool:
+    def _avx2_int8_mm_loaded(self, allows_int8: bool) -> bool:
         """Whether Ember's AVX2 int8_mm runs here, which makes int_mm the default int8 kernel on a CPU
         without int8 dot products: built (first start, ~0.4 s) or loaded now, before the choice,
-        since without it int_mm would run torch's reference loop there."""
+        since without it int_mm would run torch's reference loop there. Only asked where int8 would
+        run with a fast kernel (resolve_quantization), so a float model never builds it."""
         mc, cc = self.config.model_config, self.config.compile_config
-        may_run_int8 = mc.quantization == "int8" or (mc.quantization == "auto" and mc.dtype == "auto"
-                                                      and not cc.enforce_eager)
-        return may_run_int8 and mc.int8_kernel == "auto" and int8_mm.avx2_build_runs(
+        would_run_int8 = int8.resolve_quantization(mc.quantization, mc.dtype, cc.enforce_eager, int8.INT_MM,
+                                                   model_allows=allows_int8) == "int8"
+        return would_run_int8 and mc.int8_kernel == "auto" and int8_mm.avx2_build_runs(
             resolve_cache_dir(cc.compile_cache_dir))
 
     def _shape_plan(self) -> ShapePlan:
