@@ -5,6 +5,7 @@ through its C shim."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -134,6 +135,25 @@ def test_an_int8_linear_gives_what_int_mm_gives(tmp_path, monkeypatch):
     monkeypatch.setattr(int8_mm, "supports", lambda: False)
     assert torch.equal(ours, linear(x))
     assert not hasattr(Int8Linear.from_float(INT_MM, torch.nn.Linear(64, 40), None), "weight_vnni")
+
+
+@pytest.mark.skipif(int8_mm.planned_build() is None, reason="no build of the kernel for this CPU")
+def test_a_compiled_graph_finds_the_process_build_never_another_class_build(tmp_path):
+    """With the other CPU class's build loaded too (as the tests of that build do), the shim a
+    compiled graph resolves in the process is the process's build's: the two share the name
+    aoti_torch_cpu_int8_mm and read different packed layouts."""
+    if int8_mm.planned_build() == library.AVX512_VNNI:
+        other = int8_mm.load_kernel(library.AVX2, str(tmp_path), flags={"avx2"})
+    else:
+        other = int8_mm.load_kernel(library.AVX512, str(tmp_path), flags={"avx512_vnni", "avx512bw"})
+    int8_mm.prepare(str(tmp_path))
+    own = int8_mm._process.kernel
+    assert other is not None and own is not None and other.build != own.build
+
+    def address(lib: ctypes.CDLL) -> int:
+        return ctypes.cast(lib.aoti_torch_cpu_int8_mm, ctypes.c_void_p).value
+
+    assert address(ctypes.CDLL(None)) == address(own.library) != address(other.library)
 
 
 @pytest.mark.skipif(int8_mm.planned_build() is None, reason="no build of the kernel for this CPU")

@@ -62,12 +62,12 @@ class Kernel:
         return out
 
 
-def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
+def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
     """The kernel built for `isa`, with its bf16 variant where the CPU has AVX512-BF16 (None if it
-    cannot be built here)."""
+    cannot be built here); `exported`: its shim answers compiled graphs (library.load)."""
     if isa == library.AVX512 and {"avx512_bf16", "avx512bw"} <= library.cpu_flags():
         isa = library.AVX512_BF16
-    lib = library.load_bound("attention", isa, cache_dir)
+    lib = library.load_bound("attention", isa, cache_dir, exported)
     if lib is None:
         return None
     raw = lib.ember_encoder_attention

@@ -67,9 +67,10 @@ class Kernel:
         return steps, scale, low, next_outliers
 
 
-def load_kernel(isa: library.VectorIsa, cache_dir: str) -> Kernel | None:
-    """The kernel built for `isa` (None if it cannot be built here)."""
-    lib = library.load_bound("int8_ffn", isa, cache_dir)
+def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
+    """The kernel built for `isa` (None if it cannot be built here); `exported`: its shim answers
+    compiled graphs (library.load)."""
+    lib = library.load_bound("int8_ffn", isa, cache_dir, exported)
     if lib is None:
         return None
     raw = lib.ember_int8_gelu_requantize

@@ -126,11 +126,13 @@ class Kernel:
         return out
 
 
-def load_kernel(isa: library.VectorIsa, cache_dir: str, flags: set[str] | None = None) -> Kernel | None:
+def load_kernel(isa: library.VectorIsa, cache_dir: str, flags: set[str] | None = None,
+                exported: bool = False) -> Kernel | None:
     """The kernel's build for a process whose torch runs `isa` on a CPU with `flags` (default:
-    this CPU's), if there is one (build_for) and it builds here; else None."""
+    this CPU's), if there is one (build_for) and it builds here; else None. `exported`: its shim
+    answers compiled graphs (library.load; the two builds' shims share a name)."""
     build = build_for(isa, library.cpu_flags() if flags is None else flags)
-    lib = library.load_bound("int8_mm", build, cache_dir) if build is not None else None
+    lib = library.load_bound("int8_mm", build, cache_dir, exported) if build is not None else None
     if lib is None:
         if build == library.AVX2:
             logger.warning("without Ember's AVX2 int8_mm kernel, int8_kernel='auto' runs oneDNN's 7-bit kernel "

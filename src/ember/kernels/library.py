@@ -3,8 +3,10 @@ cached beside the compiled graphs, and loaded into the process so that those gra
 
 One shared object per source file and vector width, built for the widest ISA torch runs here
 (`torch.backends.cpu.get_cpu_capability()`, which honours ATEN_CPU_CAPABILITY, so a run held to
-AVX2 gets the AVX2 build). It is loaded with RTLD_GLOBAL: an AOTInductor package that calls a
-kernel through its C shim leaves the symbol undefined and finds it in the process at load.
+AVX2 gets the AVX2 build). The build a process's models use (ProcessKernel) is loaded with
+RTLD_GLOBAL: an AOTInductor package that calls a kernel through its C shim leaves the symbol
+undefined and finds it in the process at load. Any other build (a test of another CPU class's
+build) is loaded with RTLD_LOCAL, so that its shim, of the same name, never answers those calls.
 The cache key is the source with the header it shares (common.h), the width and the torch
 version (whose C shim the kernel calls, through function pointers bind_shim hands it at load): a
 warm start loads the file without running the compiler.
@@ -75,15 +77,17 @@ class ProcessKernel(Generic[K]):
     built here), then read by its op and by the model code that decides whether to call it. Per
     process, like torch's own backend switches."""
 
-    def __init__(self, load: Callable[[VectorIsa, str], K | None]) -> None:
+    def __init__(self, load: Callable[..., K | None]) -> None:
+        """`load(isa, cache_dir, exported=...)`: the kernel module's load_kernel."""
         self._load = load
         self.kernel: K | None = None
 
     def prepare(self, cache_dir: str) -> K | None:
-        """Build or load the kernel for this CPU's ISA (once: a failed build is remembered by load)."""
+        """Build or load the kernel for this CPU's ISA (once: a failed build is remembered by load),
+        its shim exported to the process."""
         if self.kernel is None:
             isa = vector_isa()
-            self.kernel = self._load(isa, cache_dir) if isa is not None else None
+            self.kernel = self._load(isa, cache_dir, exported=True) if isa is not None else None
         return self.kernel
 
 
@@ -91,26 +95,27 @@ _lock = threading.Lock()
 """Guards _builds (not a build itself: kernels build side by side)."""
 _builds: dict[tuple[str, str], threading.Lock] = {}
 """One lock per (source, ISA): a second caller of the same build waits for the first."""
-_loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
+_loaded: dict[tuple[str, str, bool], ctypes.CDLL | None] = {}
 
 
-def load(source: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
+def load(source: str, isa: VectorIsa, cache_dir: str, exported: bool = False) -> ctypes.CDLL | None:
     """The shared object of `source` (a .cpp beside this file) for `isa`, built if the cache has
     none; None (logged once) if it cannot be built, so that callers fall back to torch's ops.
+    `exported`: its symbols (the C shim) resolve calls from libraries loaded after it (RTLD_GLOBAL).
     cache_dir "" builds into a scratch folder that is removed once the library is mapped."""
-    key = (source, isa.name)
     with _lock:
-        build = _builds.setdefault(key, threading.Lock())
+        build = _builds.setdefault((source, isa.name), threading.Lock())
+    key = (source, isa.name, exported)
     with build:
         if key not in _loaded:
-            _loaded[key] = _build_and_load(SOURCES / source, isa, cache_dir)
+            _loaded[key] = _build_and_load(SOURCES / source, isa, cache_dir, exported)
         return _loaded[key]
 
 
-def load_bound(name: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
-    """kernels/<name>.cpp built for `isa`, checked (its ember_<name>_vector_width is the ISA's)
-    and bound to torch's C shim (ember_<name>_bind); None, logged, where any of that fails."""
-    lib = load(f"{name}.cpp", isa, cache_dir)
+def load_bound(name: str, isa: VectorIsa, cache_dir: str, exported: bool = False) -> ctypes.CDLL | None:
+    """kernels/<name>.cpp built for `isa` (load), checked (its ember_<name>_vector_width is the
+    ISA's) and bound to torch's C shim (ember_<name>_bind); None, logged, where any of that fails."""
+    lib = load(f"{name}.cpp", isa, cache_dir, exported)
     if lib is None or getattr(lib, f"ember_{name}_vector_width")() != isa.width:
         return None
     try:
@@ -121,23 +126,24 @@ def load_bound(name: str, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
     return lib
 
 
-def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str) -> ctypes.CDLL | None:
+def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str, exported: bool) -> ctypes.CDLL | None:
     digest = hashlib.sha256(source.read_bytes() + (SOURCES / "common.h").read_bytes())
     digest.update(f"\0{isa.name}\0{isa.flags}\0{torch.__version__}".encode())
     name = f"lib{source.stem}-{isa.name}-{digest.hexdigest()[:16]}.so"
+    mode = ctypes.RTLD_GLOBAL if exported else ctypes.RTLD_LOCAL
     try:
         if not cache_dir:
             with tempfile.TemporaryDirectory(prefix="ember-kernels-") as scratch:
                 target = Path(scratch) / name
                 _compile(source, isa, target)
-                return ctypes.CDLL(str(target), mode=ctypes.RTLD_GLOBAL)
+                return ctypes.CDLL(str(target), mode=mode)
         target = Path(cache_dir) / "kernels" / name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(f".{os.getpid()}.partial")
             _compile(source, isa, partial)
             os.replace(partial, target)  # atomic: a concurrent build of the same file is harmless
-        return ctypes.CDLL(str(target), mode=ctypes.RTLD_GLOBAL)
+        return ctypes.CDLL(str(target), mode=mode)
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("could not build Ember's %s kernel for %s (%s); using torch's ops instead",
                        source.stem, isa.name, exc)
