@@ -14,7 +14,6 @@ from ember import kernels
 from ember.config import EngineConfig
 from ember.errors import UnsupportedModelError
 from ember.kernels import attention as attention_kernel
-from ember.kernels import int8_mm
 from ember.model.dense import load_dense
 from ember.model.heads import M3_UNUSED_ROLES, OutputHeads, SpladeWeights, load_m3_heads, special_token_ids
 from ember.model.info import describe_model
@@ -47,19 +46,18 @@ class ModelRunner:
         self.config = config
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
-        allows_int8 = getattr(model_class(self.folder.architecture), "int8_by_default", False)
-        kernel = int8.choose_kernel(mc.int8_kernel, cpu_flags(), self._avx2_int8_mm_loaded(allows_int8))
-        self.quantization = int8.resolve_quantization(
-            mc.quantization, mc.dtype, config.compile_config.enforce_eager, kernel, model_allows=allows_int8)
+        cc = config.compile_config
+        self.quantization, int8_kernel = int8.choose(
+            mc.quantization, mc.dtype, cc.enforce_eager, mc.int8_kernel,
+            getattr(model_class(self.folder.architecture), "int8_by_default", False),
+            resolve_cache_dir(cc.compile_cache_dir))
         """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
-        # Asked for int8 without a fast kernel: the portable one.
-        int8_kernel = (kernel or int8.INT_MM) if self.quantization == "int8" else None
         # Ember's kernels are built (first start, 0.3-0.4 s of the compiler each, side by side, outside
         # the GIL) or loaded while the model loads; _await_kernels() joins them before the model first runs.
         self._kernels = threading.Thread(
             target=kernels.prepare, name="ember-kernels", daemon=True,
-            args=(resolve_cache_dir(config.compile_config.compile_cache_dir),),
+            args=(resolve_cache_dir(cc.compile_cache_dir),),
             kwargs={"int8_kernels": int8_kernel is not None and int8_kernel.name == "int_mm"})
         self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
@@ -88,17 +86,6 @@ class ModelRunner:
             self._prepare_int8()
         self.num_fallbacks = 0
         """Batches served eagerly instead of compiled (the AOT package never needs it: stays 0)."""
-
-    def _avx2_int8_mm_loaded(self, allows_int8: bool) -> bool:
-        """Whether Ember's AVX2 int8_mm runs here, which makes int_mm the default int8 kernel on a CPU
-        without int8 dot products: built (first start, ~0.4 s) or loaded now, before the choice,
-        since without it int_mm would run torch's reference loop there. Only asked where int8 would
-        run with a fast kernel (resolve_quantization), so a float model never builds it."""
-        mc, cc = self.config.model_config, self.config.compile_config
-        would_run_int8 = int8.resolve_quantization(mc.quantization, mc.dtype, cc.enforce_eager, int8.INT_MM,
-                                                   model_allows=allows_int8) == "int8"
-        return would_run_int8 and mc.int8_kernel == "auto" and int8_mm.avx2_build_runs(
-            resolve_cache_dir(cc.compile_cache_dir))
 
     def _shape_plan(self) -> ShapePlan:
         """The shapes to compile and warm; the batch budget follows what runs (int8 or float)."""
