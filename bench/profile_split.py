@@ -31,7 +31,8 @@ from ember.bench import corpus
 GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_int_mm", "aten::matmul", "onednn::qlinear_pointwise", "ember::int8_linear",
             "mkldnn::_linear_pointwise", "ember::int8_mm")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
-                 "aten::_softmax", "ember::encoder_attention", "ember::encoder_attention_bf16")
+                 "aten::_softmax", "ember::encoder_attention", "ember::encoder_attention_bf16",
+                 "ember::encoder_attention_int8", "ember::encoder_attention_int8_bf16")
 ELEMENTWISE_OPS = ("ember::int8_gelu_requantize",)
 """Ember's own elementwise kernels, counted with inductor's fused ones."""
 

@@ -94,6 +94,62 @@ def test_kernel_reads_a_strided_projection(tmp_path):
                                atol=2e-6, rtol=1e-5)
 
 
+def _accumulator(batch: int, seq: int, width: int, terms: int, seed: int) -> attention.QkvAccumulator:
+    """An int8 projection's accumulator with terms of the sizes an int8 linear gives them
+    (per-row scales ~1e-2, column scales ~1e-2, offsets and outliers O(1))."""
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-30000, 30000, (batch, seq, width), dtype=torch.int32, generator=gen)
+    row_terms = torch.randn(batch, seq, terms, generator=gen)
+    row_terms[..., 0] = torch.rand(batch, seq, generator=gen) * 1e-2
+    column_terms = torch.randn(terms, width, generator=gen)
+    column_terms[0] = torch.rand(width, generator=gen) * 1e-2
+    return attention.QkvAccumulator(acc, row_terms, column_terms)
+
+
+@pytest.mark.parametrize("isa", builds(), ids=lambda isa: isa.name)
+@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim", "terms"),
+                         [(1, 1, 12, 32, 7), (3, 37, 12, 32, 7), (2, 300, 4, 64, 2), (1, 129, 3, 128, 1)])
+def test_the_accumulator_variant_is_attention_of_the_dequantized_projection(tmp_path, isa, batch, seq, heads,
+                                                                            head_dim, terms):
+    """encoder_attention_int8 dequantizes each row as it packs it: the same result as
+    encoder_attention on QkvAccumulator.dequantize() to float32 rounding (of a different order of
+    the epilogue's sums), for padded rows, dropped keys and any number of terms; the bf16 variant
+    likewise against the bf16 one."""
+    kernel = attention.load_kernel(isa, str(tmp_path))
+    x = _accumulator(batch, seq, 3 * heads * head_dim, terms, seed=batch * seq + terms)
+    lengths = [max(1, seq - 7 * b) for b in range(batch)]
+    key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    if seq > 5:
+        key_mask[0, 2] = False
+    qkv = x.dequantize()
+    for bf16 in (False, True) if kernel.bf16 else (False,):
+        ours, ref = kernel.run_int8(x, key_mask, heads, bf16=bf16), kernel.run(qkv, key_mask, heads, bf16=bf16)
+        # bf16: a last-bit difference in x may round a product's operand to the next bf16.
+        torch.testing.assert_close(ours, ref, rtol=1e-2 if bf16 else 1e-5, atol=1e-2 * ref.abs().max().item()
+                                   if bf16 else 1e-4)
+        for b, length in enumerate(lengths):
+            assert not ours[b, length:].any(), "rows past the last kept key are zeros"
+
+
+def test_the_accumulator_ops_read_strided_accumulators_and_refuse_bad_terms(tmp_path):
+    """The op takes a view of a wider accumulator (the graph's reshape of the GEMM's output);
+    terms of the wrong shape or dtype are refused with what is wrong."""
+    attention.prepare(str(tmp_path))
+    x = _accumulator(2, 9, 3 * 64 + 16, 3, seed=1)
+    acc = x.acc[:, :, 8:8 + 3 * 64]
+    columns = x.column_terms[:, 8:8 + 3 * 64].contiguous()
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    ours = torch.ops.ember.encoder_attention_int8(acc, x.row_terms, columns, mask, 2)
+    ref = torch.ops.ember.encoder_attention(attention.QkvAccumulator(acc, x.row_terms, columns).dequantize(), mask, 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="acc must be int32"):
+        torch.ops.ember.encoder_attention_int8(acc.float(), x.row_terms, columns, mask, 2)
+    with pytest.raises(ValueError, match=r"column_terms float32 \[T, 192\]"):
+        torch.ops.ember.encoder_attention_int8(acc, x.row_terms, columns[:2], mask, 2)
+    with pytest.raises(ValueError, match="row_terms must be float32"):
+        torch.ops.ember.encoder_attention_int8(acc, x.row_terms.double(), columns, mask, 2)
+
+
 def test_bad_inputs_are_refused_with_what_is_wrong(tmp_path):
     attention.prepare(str(tmp_path))
     qkv = torch.randn(2, 5, 3 * 64)
@@ -136,7 +192,9 @@ def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_pat
 
 def test_the_int8_model_runs_attention_in_bf16_where_the_cpu_has_it(tiny_bert_head_32, tmp_path):
     """int8 sets every layer's attention_bf16; the compiled package calls the bf16 shim (where the
-    CPU has AVX512-BF16; elsewhere the float32 one) and serves what the eager int8 model does."""
+    CPU has AVX512-BF16; elsewhere the float32 one), from the q/k/v projection's int32 accumulator
+    where that runs on int_mm (no float32 projection in between), and serves what the eager int8
+    model does."""
     int8 = {"quantization": "int8", "quantization_min_cosine": 0.5}
     texts = [t for t in varied_texts(16) if t.strip()]
     compiled = LLM(str(tiny_bert_head_32), compile_cache_dir=str(tmp_path), **int8)
@@ -144,8 +202,12 @@ def test_the_int8_model_runs_attention_in_bf16_where_the_cpu_has_it(tiny_bert_he
     (package,) = tmp_path.glob("encoder-*.pt2")
     with zipfile.ZipFile(package) as archive:
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
-    bf16_calls = "AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_encoder_attention_bf16(" in wrapper
-    assert bf16_calls == (attention_isa() == library.AVX512_BF16)
+    from_accumulator = compiled.engine.runner.model.layers[0].qkv.kernel.name == "int_mm"
+    shim = "aoti_torch_cpu_encoder_attention" + ("_int8" if from_accumulator else "") + (
+        "_bf16" if attention_isa() == library.AVX512_BF16 else "")
+    calls = {name for name in ("encoder_attention", "encoder_attention_bf16", "encoder_attention_int8",
+                               "encoder_attention_int8_bf16") if f"CHECK(aoti_torch_cpu_{name}(" in wrapper}
+    assert calls == {shim.removeprefix("aoti_torch_cpu_")}
     eager = LLM(str(tiny_bert_head_32), enforce_eager=True, compile_cache_dir="", **int8)
     ours = np.stack([o.outputs.data for o in compiled.embed(texts, truncate_prompt_tokens=-1)])
     ref = np.stack([o.outputs.data for o in eager.embed(texts, truncate_prompt_tokens=-1)])

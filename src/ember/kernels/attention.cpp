@@ -16,6 +16,14 @@
 // Built with AVX512-BF16 (library.AVX512_BF16), the file also has a bf16 variant (pack_bf16,
 // attend_head_bf16): the same tasks, tiles and float32 softmax, with q.k and P.V as bf16 pair dot
 // products (ember::encoder_attention_bf16, which only the int8 model calls).
+//
+// The rows come from one of two sources. FloatRows reads the fused projection's float32 output.
+// Int8Rows reads its int32 accumulator (an int8 linear's, before the epilogue that would scale it
+// back to float32) and dequantizes the columns a task needs into a row buffer as it packs them:
+// x[c] = acc[c] * t[0] * u[0][c] + sum_{i>=1} t[i] * u[i][c], with t the row's terms and u the
+// columns' (runner/int8/linear.py builds both). The projection's float32 output is then never
+// written: at 4 x 256 tokens of MiniLM that is 4.7 MB written and read back per layer
+// (ember::encoder_attention_int8, ember::encoder_attention_int8_bf16).
 
 #include "common.h"
 
@@ -178,7 +186,42 @@ constexpr bool kHasBf16 = false;
 #endif
 
 struct Shape {
-  int64_t B, S, H, D, qkv_stride_b, qkv_stride_s, mask_stride_b;
+  int64_t B, S, H, D, mask_stride_b;
+};
+
+// The fused projection's float32 output [B, S, 3 H D] (unit stride in the last dimension).
+struct FloatRows {
+  const float* qkv;
+  int64_t stride_b, stride_s;
+  // Row j of batch row b (the task's heads h0 .. h0 + GH of q, k and v are what pack reads).
+  const float* row(int64_t b, int64_t j, int64_t, int64_t, const Shape&, float*) const {
+    return qkv + b * stride_b + j * stride_s;
+  }
+};
+
+// The projection's int32 accumulator [B, S, 3 H D], with row terms [B S, T] (contiguous) and
+// column terms [T, 3 H D] (contiguous) that scale it back to float32.
+struct Int8Rows {
+  const int32_t* acc;
+  int64_t stride_b, stride_s;
+  const float* row_terms;
+  const float* column_terms;
+  int64_t T;
+  // Row j of batch row b, the task's columns dequantized into buf (3 H D floats; the others are
+  // left as they are: pack reads only these).
+  const float* row(int64_t b, int64_t j, int64_t h0, int64_t GH, const Shape& s, float* buf) const {
+    const int64_t HD = s.H * s.D, N = 3 * HD;
+    const int32_t* a = acc + b * stride_b + j * stride_s;
+    const float* t = row_terms + (b * s.S + j) * T;
+    for (int64_t part = 0; part < 3; ++part)
+      for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
+        const VT x = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT);
+        VT y = x * (splat(t[0]) * load(column_terms + c));
+        for (int64_t i = 1; i < T; ++i) y += splat(t[i]) * load(column_terms + i * N + c);
+        store(buf + c, y);
+      }
+    return buf;
+  }
 };
 
 // One head of one batch row, from packed buffers: q [L][D] (scaled), k^T in blocks [Lk / KB][D][KB],
@@ -223,12 +266,13 @@ void attend_head(const float* q, const float* kt, const float* vv, const float* 
 }
 
 // Packs one task's q (scaled), k^T and v as float32 (attend_head's layout).
-void pack_f32(const float* base, const bool* mask, const Shape& s, int64_t h0, int64_t GH, int64_t L, int64_t Lk,
-              float scale, float* qp, float* kt, float* vv, float* bias) {
+template <class Rows>
+void pack_f32(const Rows& rows, int64_t b, float* row_buf, const bool* mask, const Shape& s, int64_t h0, int64_t GH,
+              int64_t L, int64_t Lk, float scale, float* qp, float* kt, float* vv, float* bias) {
   const int64_t D = s.D, HD = s.H * s.D;
   for (int64_t j = 0; j < L; ++j) {
     bias[j] = mask[j] ? 0.0f : -kInf;
-    const float* row = base + j * s.qkv_stride_s;
+    const float* row = rows.row(b, j, h0, GH, s, row_buf);
     for (int64_t g = 0; g < GH; ++g) {
       const float* q = row + (h0 + g) * D;
       const float* k = q + HD;
@@ -245,12 +289,13 @@ void pack_f32(const float* base, const bool* mask, const Shape& s, int64_t h0, i
 #ifdef __AVX512BF16__
 // Packs them as bf16 pairs (attend_head_bf16's layout): q [L][D / 2] and k^T blocks [D / 2][KB]
 // paired along d, v [Lk / 2][D] paired along the keys (row j is the low half when j is even).
-void pack_bf16(const float* base, const bool* mask, const Shape& s, int64_t h0, int64_t GH, int64_t L, int64_t Lk,
-               float scale, uint32_t* qp, uint32_t* kt, uint32_t* vv, float* bias) {
+template <class Rows>
+void pack_bf16(const Rows& rows, int64_t b, float* row_buf, const bool* mask, const Shape& s, int64_t h0, int64_t GH,
+               int64_t L, int64_t Lk, float scale, uint32_t* qp, uint32_t* kt, uint32_t* vv, float* bias) {
   const int64_t D = s.D, D2 = s.D / 2, HD = s.H * s.D;
   for (int64_t j = 0; j < L; ++j) {
     bias[j] = mask[j] ? 0.0f : -kInf;
-    const float* row = base + j * s.qkv_stride_s;
+    const float* row = rows.row(b, j, h0, GH, s, row_buf);
     const int shift = (j % 2) * 16;
     for (int64_t g = 0; g < GH; ++g) {
       const float* q = row + (h0 + g) * D;
@@ -267,7 +312,8 @@ void pack_bf16(const float* base, const bool* mask, const Shape& s, int64_t h0, 
 }
 #endif
 
-void attention(const float* qkv, const bool* key_mask, float* out, const Shape& s, bool bf16) {
+template <class Rows>
+void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& s, bool bf16) {
   const int64_t B = s.B, S = s.S, H = s.H, D = s.D, HD = H * D;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(D));
   // A task is one batch row and a group of heads. Its q, k, v are packed by reading the rows in
@@ -280,8 +326,9 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
   const int64_t GH = H / groups;
 #pragma omp parallel
   {
-    Scratch<float> q_buf, k_buf, v_buf, scores, bias_buf;
+    Scratch<float> q_buf, k_buf, v_buf, scores, bias_buf, row_scratch;
     Scratch<uint32_t> q_pairs, k_pairs, v_pairs, probs;
+    float* row_buf = row_scratch.reserve(3 * HD);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * groups; ++task) {
       const int64_t b = task / groups, h0 = (task % groups) * GH;
@@ -294,13 +341,12 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
       if (L == 0) continue;
       const int64_t Lk = (L + KB - 1) / KB * KB;  // keys packed: whole blocks, zeros past L
       float* bias = bias_buf.fill(Lk, -kInf);
-      const float* base = qkv + b * s.qkv_stride_b;
 #ifdef __AVX512BF16__
       if (bf16) {
         uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
         uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
         uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
-        pack_bf16(base, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
+        pack_bf16(rows, b, row_buf, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
         for (int64_t g = 0; g < GH; ++g)
           attend_head_bf16(&qp[g * L * D / 2], &kt[g * D / 2 * Lk], &vv[g * Lk / 2 * D], bias, L, D,
                            out_b + (h0 + g) * D, HD, scores, probs);
@@ -310,7 +356,7 @@ void attention(const float* qkv, const bool* key_mask, float* out, const Shape& 
       float* qp = q_buf.reserve(GH * L * D);
       float* kt = k_buf.fill(GH * D * Lk, 0.0f);
       float* vv = v_buf.fill(GH * Lk * D, 0.0f);
-      pack_f32(base, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
+      pack_f32(rows, b, row_buf, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
       for (int64_t g = 0; g < GH; ++g)
         attend_head(&qp[g * L * D], &kt[g * D * Lk], &vv[g * Lk * D], bias, L, D, out_b + (h0 + g) * D, HD, scores);
     }
@@ -333,37 +379,78 @@ int32_t ember_attention_vector_width() { return W; }
 // 1 if this build has the bf16 variant (built with AVX512-BF16), else 0.
 int32_t ember_attention_has_bf16() { return kHasBf16 ? 1 : 0; }
 
-// The raw entry (eager calls through ctypes): returns 0, 1 if D is not a multiple of 2 W, or 2 if
+// The raw entries (eager calls through ctypes): return 0, 1 if D is not a multiple of 2 W, or 2 if
 // bf16 is asked of a build without it.
 int32_t ember_encoder_attention(const float* qkv, const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H,
                                 int64_t D, int64_t qkv_stride_b, int64_t qkv_stride_s, int64_t mask_stride_b,
                                 int32_t bf16) {
   if (!supported(D)) return 1;
   if (bf16 && !kHasBf16) return 2;
-  attention(qkv, key_mask, out, Shape{B, S, H, D, qkv_stride_b, qkv_stride_s, mask_stride_b}, bf16 != 0);
+  attention(FloatRows{qkv, qkv_stride_b, qkv_stride_s}, key_mask, out, Shape{B, S, H, D, mask_stride_b}, bf16 != 0);
+  return 0;
+}
+
+// From the int32 accumulator: acc [B, S, 3 H D] (unit stride last), row_terms [B S, T] and
+// column_terms [T, 3 H D], both contiguous.
+int32_t ember_encoder_attention_int8(const int32_t* acc, const float* row_terms, const float* column_terms, int64_t T,
+                                     const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H, int64_t D,
+                                     int64_t acc_stride_b, int64_t acc_stride_s, int64_t mask_stride_b, int32_t bf16) {
+  if (!supported(D)) return 1;
+  if (bf16 && !kHasBf16) return 2;
+  attention(Int8Rows{acc, acc_stride_b, acc_stride_s, row_terms, column_terms, T}, key_mask, out,
+            Shape{B, S, H, D, mask_stride_b}, bf16 != 0);
   return 0;
 }
 
 }  // extern "C"
 
 namespace {
-// Both C shims: qkv float32 [B, S, 3 H D] with unit stride in its last dimension, key_mask bool
-// [B, S] likewise; returns float32 [B, S, H D].
-AOTITorchError shim_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads, bool bf16,
-                              AtenTensorHandle* ret0) {
-  View x, mask;
-  if ((bf16 && !kHasBf16) || !view(qkv, x) || !view(key_mask, mask) || x.dim != 3 || mask.dim != 2 ||
-      x.dtype != shim.dtype_float32 || mask.dtype != shim.dtype_bool)
-    return AOTI_TORCH_FAILURE;
+// Checks key_mask bool [B, S] (unit stride in its last dimension) and num_heads against a [B, S,
+// 3 H D] input x, and allocates the float32 [B, S, H D] result.
+bool check_and_allocate(const View& x, const View& mask, int64_t num_heads, bool bf16, AtenTensorHandle* ret0,
+                        void** out_data) {
+  if ((bf16 && !kHasBf16) || x.dim != 3 || mask.dim != 2 || mask.dtype != shim.dtype_bool) return false;
   const int64_t B = x.sizes[0], S = x.sizes[1], HD = x.sizes[2] / 3;
   if (num_heads <= 0 || x.sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) || x.strides[2] != 1 ||
       mask.sizes[0] != B || mask.sizes[1] != S || (S > 1 && mask.strides[1] != 1))
-    return AOTI_TORCH_FAILURE;
+    return false;
   const int64_t sizes[3] = {B, S, HD};
-  void* out_data;
-  if (!allocate(3, sizes, shim.dtype_float32, ret0, &out_data)) return AOTI_TORCH_FAILURE;
-  attention(static_cast<const float*>(x.data), static_cast<const bool*>(mask.data), static_cast<float*>(out_data),
-            Shape{B, S, num_heads, HD / num_heads, x.strides[0], x.strides[1], mask.strides[0]}, bf16);
+  return allocate(3, sizes, shim.dtype_float32, ret0, out_data);
+}
+
+// The C shims from the float32 projection: qkv float32 [B, S, 3 H D]; returns float32 [B, S, H D].
+AOTITorchError shim_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads, bool bf16,
+                              AtenTensorHandle* ret0) {
+  View x, mask;
+  void* out;
+  if (!view(qkv, x) || !view(key_mask, mask) || x.dtype != shim.dtype_float32 ||
+      !check_and_allocate(x, mask, num_heads, bf16, ret0, &out))
+    return AOTI_TORCH_FAILURE;
+  const int64_t HD = x.sizes[2] / 3;
+  attention(FloatRows{static_cast<const float*>(x.data), x.strides[0], x.strides[1]}, static_cast<const bool*>(mask.data),
+            static_cast<float*>(out), Shape{x.sizes[0], x.sizes[1], num_heads, HD / num_heads, mask.strides[0]}, bf16);
+  return AOTI_TORCH_SUCCESS;
+}
+
+// The C shims from the int32 accumulator: acc int32 [B, S, 3 H D], row_terms float32 [B, S, T]
+// and column_terms float32 [T, 3 H D], both contiguous; returns float32 [B, S, H D].
+AOTITorchError shim_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_terms, AtenTensorHandle column_terms,
+                                   AtenTensorHandle key_mask, int64_t num_heads, bool bf16, AtenTensorHandle* ret0) {
+  View x, rt, ct, mask;
+  if (!view(acc, x) || !view(row_terms, rt) || !view(column_terms, ct) || !view(key_mask, mask) ||
+      x.dtype != shim.dtype_int32 || rt.dtype != shim.dtype_float32 || ct.dtype != shim.dtype_float32 || x.dim != 3 ||
+      rt.dim != 3 || ct.dim != 2)
+    return AOTI_TORCH_FAILURE;
+  const int64_t B = x.sizes[0], S = x.sizes[1], N = x.sizes[2], T = ct.sizes[0];
+  if (T < 1 || ct.sizes[1] != N || ct.strides[1] != 1 || ct.strides[0] != N || rt.sizes[0] != B || rt.sizes[1] != S ||
+      rt.sizes[2] != T || rt.strides[2] != 1 || (S > 1 && rt.strides[1] != T) || (B > 1 && rt.strides[0] != S * T))
+    return AOTI_TORCH_FAILURE;
+  void* out;
+  if (!check_and_allocate(x, mask, num_heads, bf16, ret0, &out)) return AOTI_TORCH_FAILURE;
+  const Int8Rows rows{static_cast<const int32_t*>(x.data), x.strides[0], x.strides[1], static_cast<const float*>(rt.data),
+                      static_cast<const float*>(ct.data), T};
+  attention(rows, static_cast<const bool*>(mask.data), static_cast<float*>(out),
+            Shape{B, S, num_heads, N / 3 / num_heads, mask.strides[0]}, bf16);
   return AOTI_TORCH_SUCCESS;
 }
 }  // namespace
@@ -380,6 +467,19 @@ AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensor
 AOTITorchError aoti_torch_cpu_encoder_attention_bf16(AtenTensorHandle qkv, AtenTensorHandle key_mask,
                                                      int64_t num_heads, AtenTensorHandle* ret0) {
   return shim_attention(qkv, key_mask, num_heads, true, ret0);
+}
+
+// The C shims of ember::encoder_attention_int8 and ember::encoder_attention_int8_bf16.
+AOTITorchError aoti_torch_cpu_encoder_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_terms,
+                                                     AtenTensorHandle column_terms, AtenTensorHandle key_mask,
+                                                     int64_t num_heads, AtenTensorHandle* ret0) {
+  return shim_attention_int8(acc, row_terms, column_terms, key_mask, num_heads, false, ret0);
+}
+
+AOTITorchError aoti_torch_cpu_encoder_attention_int8_bf16(AtenTensorHandle acc, AtenTensorHandle row_terms,
+                                                          AtenTensorHandle column_terms, AtenTensorHandle key_mask,
+                                                          int64_t num_heads, AtenTensorHandle* ret0) {
+  return shim_attention_int8(acc, row_terms, column_terms, key_mask, num_heads, true, ret0);
 }
 
 }  // extern "C"

@@ -9,6 +9,10 @@ Float32 throughout, an exact softmax: equal to SDPA within float32 rounding (tes
 ember::encoder_attention_bf16, where the CPU has AVX512-BF16, runs the two products as bf16 pair
 dot products (float32 accumulators and softmax): 1.6-1.8x at 4 x 256 tokens, for the int8 model
 only, whose gate measures it.
+ember::encoder_attention_int8 (and `_int8_bf16`) take the int8 model's fused projection before it
+is scaled back to float32: its int32 accumulator, with the row and column terms that dequantize it
+(QkvAccumulator). The kernel dequantizes each row as it packs it, so the projection's float32
+output is never written and read back (4.7 MB per MiniLM layer at 4 x 256 tokens).
 
 How it is called: in eager mode through ctypes (which releases the GIL); in an AOTInductor
 package through its C shims, `aoti_torch_cpu_encoder_attention` (and `..._bf16`), which the
@@ -22,6 +26,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +35,28 @@ from ember.kernels import library
 SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, "
                     "int64_t num_heads, AtenTensorHandle* ret0)")
 BF16_SHIM_DECLARATION = SHIM_DECLARATION.replace("_encoder_attention(", "_encoder_attention_bf16(")
+INT8_SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention_int8(AtenTensorHandle acc, "
+                         "AtenTensorHandle row_terms, AtenTensorHandle column_terms, AtenTensorHandle key_mask, "
+                         "int64_t num_heads, AtenTensorHandle* ret0)")
+INT8_BF16_SHIM_DECLARATION = INT8_SHIM_DECLARATION.replace("_int8(", "_int8_bf16(")
+
+
+class QkvAccumulator(NamedTuple):
+    """The fused q/k/v projection of an int8 linear before its epilogue: x[b, s, c] = acc[b, s, c]
+    * row_terms[b, s, 0] * column_terms[0, c] + sum_{i >= 1} row_terms[b, s, i] * column_terms[i, c]."""
+
+    acc: torch.Tensor
+    """int32 [B, S, 3 H D]"""
+    row_terms: torch.Tensor
+    """float32 [B, S, T]"""
+    column_terms: torch.Tensor
+    """float32 [T, 3 H D]"""
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 projection [B, S, 3 H D] (where the kernel does not run)."""
+        t, u = self.row_terms, self.column_terms
+        return self.acc.float() * t[..., :1] * u[0] + t[..., 1:] @ u[1:]
+
 
 @dataclass(frozen=True, slots=True)
 class Kernel:
@@ -40,6 +67,8 @@ class Kernel:
     """Floats per vector of the build: head sizes must be multiples of two vectors."""
     raw: Callable[..., int]
     """ember_encoder_attention (attention.cpp), the eager entry."""
+    raw_int8: Callable[..., int]
+    """ember_encoder_attention_int8, the eager entry from an int32 accumulator."""
     library: ctypes.CDLL
     bf16: bool
     """Whether the build has the bf16 variant (on a CPU with AVX512-BF16)."""
@@ -61,6 +90,22 @@ class Kernel:
                  qkv.stride(0), qkv.stride(1), key_mask.stride(0), int(bf16))
         return out
 
+    def run_int8(self, x: QkvAccumulator, key_mask: torch.Tensor, num_heads: int, bf16: bool = False) -> torch.Tensor:
+        """run() on the projection's accumulator (contiguous copies of the inputs)."""
+        acc, row_terms, column_terms = (t.contiguous() for t in x)
+        key_mask = key_mask.contiguous()
+        batch, seq, width = acc.shape
+        head_dim = width // (3 * num_heads)
+        if not self.supports(head_dim, torch.float32):
+            raise ValueError(f"head size {head_dim} is not supported by the {self.isa} attention kernel")
+        if bf16 and not self.bf16:
+            raise ValueError(f"the {self.isa} attention kernel has no bf16 variant (the CPU lacks AVX512-BF16)")
+        out = torch.empty(batch, seq, width // 3)
+        self.raw_int8(acc.data_ptr(), row_terms.data_ptr(), column_terms.data_ptr(), column_terms.shape[0],
+                      key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim, acc.stride(0), acc.stride(1),
+                      key_mask.stride(0), int(bf16))
+        return out
+
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
     """The kernel built for `isa`, with its bf16 variant where the CPU has AVX512-BF16 (None if it
@@ -73,7 +118,11 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) 
     raw = lib.ember_encoder_attention
     raw.restype = ctypes.c_int32
     raw.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 7 + [ctypes.c_int32]
-    return Kernel(isa.name, isa.width, raw, lib, bool(lib.ember_attention_has_bf16()))
+    raw_int8 = lib.ember_encoder_attention_int8
+    raw_int8.restype = ctypes.c_int32
+    raw_int8.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 7 + [
+        ctypes.c_int32]
+    return Kernel(isa.name, isa.width, raw, raw_int8, lib, bool(lib.ember_attention_has_bf16()))
 
 
 _process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
@@ -104,20 +153,47 @@ def c_shims() -> dict[object, list[str]]:
     kernel = _process.kernel
     if kernel is None:
         return {}
-    shims = {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION]}
+    shims = {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION],
+             torch.ops.ember.encoder_attention_int8.default: [INT8_SHIM_DECLARATION]}
     if kernel.bf16:
         shims[torch.ops.ember.encoder_attention_bf16.default] = [BF16_SHIM_DECLARATION]
+        shims[torch.ops.ember.encoder_attention_int8_bf16.default] = [INT8_BF16_SHIM_DECLARATION]
     return shims
 
 
-def _check(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> None:
+def _check(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int, dtype: torch.dtype = torch.float32) -> None:
     """The static part of the contract (dtypes, ranks, the last dimension): what the fake
-    implementation can check without guarding on the dynamic batch and sequence sizes."""
-    if qkv.dim() != 3 or qkv.dtype != torch.float32 or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
-        raise ValueError(f"qkv must be float32 [batch, seq, 3 * {num_heads} heads * head_dim], got {qkv.dtype} "
+    implementation can check without guarding on the dynamic batch and sequence sizes. dtype: the
+    projection's (int32 for the accumulator's ops)."""
+    if qkv.dim() != 3 or qkv.dtype != dtype or num_heads <= 0 or qkv.shape[-1] % (3 * num_heads):
+        name, type_name = ("qkv", "float32") if dtype == torch.float32 else ("acc", "int32")
+        raise ValueError(f"{name} must be {type_name} [batch, seq, 3 * {num_heads} heads * head_dim], got {qkv.dtype} "
                          f"{list(qkv.shape)}")
     if key_mask.dtype != torch.bool or key_mask.dim() != 2:
         raise ValueError(f"key_mask must be bool [batch, seq], got {key_mask.dtype} {list(key_mask.shape)}")
+
+
+def _kernel(op: str) -> Kernel:
+    if _process.kernel is None:
+        raise RuntimeError(f"ember::{op} called before kernels.attention.prepare() loaded the kernel")
+    return _process.kernel
+
+
+def _check_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
+                num_heads: int) -> None:
+    """_check for the accumulator's ops: acc int32 [B, S, 3 H D], its terms float32."""
+    _check(acc, key_mask, num_heads, torch.int32)
+    if (row_terms.dtype != torch.float32 or column_terms.dtype != torch.float32 or row_terms.dim() != 3
+            or column_terms.dim() != 2 or column_terms.shape[1] != acc.shape[-1]
+            or row_terms.shape[-1] != column_terms.shape[0]):
+        raise ValueError(f"row_terms must be float32 [batch, seq, T] and column_terms float32 [T, {acc.shape[-1]}], "
+                         f"got {row_terms.dtype} {list(row_terms.shape)}, {column_terms.dtype} "
+                         f"{list(column_terms.shape)}")
+
+
+def _check_rows(x: torch.Tensor, key_mask: torch.Tensor) -> None:
+    if key_mask.shape != x.shape[:2]:
+        raise ValueError(f"key_mask must be [batch, seq] = {list(x.shape[:2])}, got {list(key_mask.shape)}")
 
 
 @torch.library.custom_op("ember::encoder_attention", mutates_args=())
@@ -126,11 +202,8 @@ def encoder_attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int)
     laid out (3, H, d) in its last dimension; returns [B, S, H d]. The rows of a batch row past its
     last kept key are 0 (SDPA would fill them; nothing downstream reads them)."""
     _check(qkv, key_mask, num_heads)
-    if key_mask.shape != qkv.shape[:2]:
-        raise ValueError(f"key_mask must be [batch, seq] = {list(qkv.shape[:2])}, got {list(key_mask.shape)}")
-    if _process.kernel is None:
-        raise RuntimeError("ember::encoder_attention called before kernels.attention.prepare() loaded the kernel")
-    return _process.kernel.run(qkv, key_mask, num_heads)
+    _check_rows(qkv, key_mask)
+    return _kernel("encoder_attention").run(qkv, key_mask, num_heads)
 
 
 @encoder_attention.register_fake
@@ -145,14 +218,45 @@ def encoder_attention_bf16(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads:
     softmax): half the instructions, ~3 significant digits per product. For the int8 model, whose
     gate measures it (runner/int8); only where the CPU has AVX512-BF16 (supports(..., bf16=True))."""
     _check(qkv, key_mask, num_heads)
-    if key_mask.shape != qkv.shape[:2]:
-        raise ValueError(f"key_mask must be [batch, seq] = {list(qkv.shape[:2])}, got {list(key_mask.shape)}")
-    if _process.kernel is None:
-        raise RuntimeError("ember::encoder_attention_bf16 called before kernels.attention.prepare() loaded the kernel")
-    return _process.kernel.run(qkv, key_mask, num_heads, bf16=True)
+    _check_rows(qkv, key_mask)
+    return _kernel("encoder_attention_bf16").run(qkv, key_mask, num_heads, bf16=True)
 
 
 @encoder_attention_bf16.register_fake
 def _(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
     _check(qkv, key_mask, num_heads)
     return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
+
+
+@torch.library.custom_op("ember::encoder_attention_int8", mutates_args=())
+def encoder_attention_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor,
+                           key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """encoder_attention of QkvAccumulator(acc, row_terms, column_terms).dequantize(), which the
+    kernel computes row by row as it packs q, k and v (float32 products)."""
+    _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
+    _check_rows(acc, key_mask)
+    return _kernel("encoder_attention_int8").run_int8(QkvAccumulator(acc, row_terms, column_terms), key_mask, num_heads)
+
+
+@encoder_attention_int8.register_fake
+def _(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
+      num_heads: int) -> torch.Tensor:
+    _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
+    return row_terms.new_empty(acc.shape[0], acc.shape[1], acc.shape[2] // 3)
+
+
+@torch.library.custom_op("ember::encoder_attention_int8_bf16", mutates_args=())
+def encoder_attention_int8_bf16(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor,
+                                key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """encoder_attention_int8 with encoder_attention_bf16's products."""
+    _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
+    _check_rows(acc, key_mask)
+    return _kernel("encoder_attention_int8_bf16").run_int8(QkvAccumulator(acc, row_terms, column_terms), key_mask,
+                                                            num_heads, bf16=True)
+
+
+@encoder_attention_int8_bf16.register_fake
+def _(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
+      num_heads: int) -> torch.Tensor:
+    _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
+    return row_terms.new_empty(acc.shape[0], acc.shape[1], acc.shape[2] // 3)

@@ -101,6 +101,9 @@ class EncoderLayer(nn.Module):
     FEED_FORWARD = ("ffn_in", "act", "ffn_out")
     """forward computes ffn_out(act(ffn_in(x))) with nothing in between: the int8 model may run the
     middle (act, and ffn_out's input quantization) as one op (runner/int8/linear.py)."""
+    ATTENTION_INPUT = "qkv"
+    """The fused q/k/v projection, which forward hands straight to encoder_attention: an int8
+    projection may hand it its accumulator instead (runner/int8/linear.py)."""
     attention_bf16 = False
     """Attention's products in bf16 where the CPU has them: set by the int8 model (runner/int8),
     whose gate measures it; float models keep float32."""

@@ -14,12 +14,13 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def encoder_attention(
-    qkv: torch.Tensor, num_heads: int, attn_mask: torch.Tensor, bf16: bool = False
+    qkv: torch.Tensor | attention_kernel.QkvAccumulator, num_heads: int, attn_mask: torch.Tensor, bf16: bool = False
 ) -> torch.Tensor:
     """Self-attention from a fused projection.
 
     Args:
-        qkv: [batch, seq, 3 * hidden] output of the fused q/k/v linear.
+        qkv: [batch, seq, 3 * hidden] output of the fused q/k/v linear, or an int8 linear's
+            accumulator of it (runner/int8/linear.py), which the kernel dequantizes as it reads.
         num_heads: attention heads.
         attn_mask: [batch, 1, 1, seq] bool key mask.
         bf16: q.k and P.V as bf16 dot products where the kernel has them (the int8 model's
@@ -31,13 +32,21 @@ def encoder_attention(
     Runs in Ember's attention kernel (ember/kernels/attention.py) when the process has it and
     it takes this head size and dtype; else in torch's SDPA.
     """
-    batch, seq, three_hidden = qkv.shape
+    accumulated = qkv if isinstance(qkv, attention_kernel.QkvAccumulator) else None
+    batch, seq, three_hidden = qkv.acc.shape if accumulated is not None else qkv.shape
     head_dim = three_hidden // (3 * num_heads)
-    if attention_kernel.supports(head_dim, qkv.dtype) and attn_mask.dtype == torch.bool and attn_mask.dim() == 4 \
-            and attn_mask.shape[1] == 1 and attn_mask.shape[2] == 1:
-        if bf16 and attention_kernel.supports(head_dim, qkv.dtype, bf16=True):
-            return torch.ops.ember.encoder_attention_bf16(qkv, attn_mask[:, 0, 0, :], num_heads)
-        return torch.ops.ember.encoder_attention(qkv, attn_mask[:, 0, 0, :], num_heads)
+    key_mask_only = attn_mask.dtype == torch.bool and attn_mask.dim() == 4 and tuple(attn_mask.shape[1:3]) == (1, 1)
+    float_rows = accumulated is not None or qkv.dtype == torch.float32
+    if attention_kernel.supports(head_dim, torch.float32) and key_mask_only and float_rows:
+        key_mask = attn_mask[:, 0, 0, :]
+        bf16 = bf16 and attention_kernel.supports(head_dim, torch.float32, bf16=True)
+        if accumulated is not None:
+            op = torch.ops.ember.encoder_attention_int8_bf16 if bf16 else torch.ops.ember.encoder_attention_int8
+            return op(*accumulated, key_mask, num_heads)
+        op = torch.ops.ember.encoder_attention_bf16 if bf16 else torch.ops.ember.encoder_attention
+        return op(qkv, key_mask, num_heads)
+    if accumulated is not None:
+        qkv = accumulated.dequantize()
     # [3, batch, heads, seq, head_dim]
     q, k, v = qkv.view(batch, seq, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ember.runner.int8.kernel import FLOAT_HEADS, Int8Kernel
-from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU, link_feed_forwards
+from ember.runner.int8.linear import MAX_OUTLIERS, Int8Linear, RationalGELU, link_attention_inputs, link_feed_forwards
 from ember.runner.opaque_weights import placeholders
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
     """Give `model` the int8 structure: each nn.Linear for which `make` returns a module is
     replaced by it, and every exact nn.GELU of the layers by RationalGELU (in the encoders Ember
     runs, each feeds a linear; the heads keep theirs, as they keep float32 linears), then links
-    the feed-forward blocks that can run their middle in one op (link_feed_forwards). Returns how
+    the feed-forward blocks that can run their middle in one op (link_feed_forwards) and the q/k/v
+    projections that can hand their attention the accumulator (link_attention_inputs). Returns how
     many linears were replaced. Layers that declare `attention_bf16` run their attention's products
     in bf16 where the CPU has them (kernels/attention.py); the gate measures that too."""
     replaced = 0
@@ -159,6 +160,7 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
         elif isinstance(child, nn.GELU) and child.approximate == "none" and not name.startswith(FLOAT_HEADS):
             setattr(parent, child_name, RationalGELU())
     link_feed_forwards(model)
+    link_attention_inputs(model)
     for module in model.modules():  # layers that can run attention in bf16 do so in the int8 model
         if hasattr(type(module), "attention_bf16"):
             module.attention_bf16 = True
@@ -176,6 +178,7 @@ def swap_int8_back(model: nn.Module, make: Callable[[str], nn.Module | None]) ->
             setattr(parent, child_name, new)
             replaced += 1
     link_feed_forwards(model)
+    link_attention_inputs(model)
     return replaced
 
 

@@ -20,7 +20,11 @@ like the float32 one.
 A feed-forward block whose layer declares FEED_FORWARD (ffn_out(GELU(ffn_in(x)))) with both linears
 on int_mm is linked (link_feed_forwards): where Ember's int8_ffn kernel runs, ffn_in hands ffn_out
 its input already quantized (QuantizedRows), dequantized, through the GELU and requantized in one
-op (kernels/int8_ffn.py), and the GELU module passes it on.
+op (kernels/int8_ffn.py), and the GELU module passes it on. Likewise a layer's fused q/k/v
+projection (a layer that declares ATTENTION_INPUT) on int_mm is linked to its attention
+(link_attention_inputs): where Ember's attention kernel runs, it hands the attention its int32
+accumulator with the row and column terms of its epilogue (QkvAccumulator), which the kernel
+applies as it packs q, k and v, so the float32 projection is never written.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ember.kernels import attention as attention_kernel
 from ember.kernels import int8_ffn, int8_mm
 from ember.runner.int8.kernel import Int8Kernel
 
@@ -87,6 +92,8 @@ class Int8Linear(nn.Module):
         # values as literals, and a package runs with other layers' (and a template's) buffers.
         self.register_buffer("outlier_columns", outlier_index.reshape(1, -1), persistent=False)
         self.__dict__["gelu_into"] = None  # set by link_feed_forwards; not a submodule (it is a sibling)
+        self.attention_head_dim: int | None = None
+        """Set by link_attention_inputs: the head size of the attention this linear feeds."""
         if kernel.name == "int_mm" and int8_mm.shape_supported(*weight_int8.shape):
             # What Ember's int8_mm kernel multiplies a few rows by (kernels/int8_mm.py).
             packed, compensation = int8_mm.pack(weight_int8)
@@ -147,6 +154,10 @@ class Int8Linear(nn.Module):
             accumulated = self._int_mm((steps - 128).to(torch.int8))
             if self.gelu_into is not None and int8_ffn.supports():
                 return self._gelu_requantize(accumulated, scale, low, outliers, tuple(x.shape[:-1]))
+            if self.attention_head_dim is not None and attention_kernel.supports(self.attention_head_dim, torch.float32):
+                terms = torch.cat([scale, 128 * scale + low, *outliers, torch.ones_like(scale)], -1)
+                return attention_kernel.QkvAccumulator(accumulated.view(*x.shape[:-1], -1),
+                                                       terms.view(*x.shape[:-1], -1), self.epilogue_columns)
             offset = (128 * scale + low) * self.weight_column_sum
             out = (accumulated.float() * scale + offset) * self.weight_scale + self.bias
         else:
@@ -200,6 +211,28 @@ def link_feed_forwards(model: nn.Module) -> int:
                    and first.kernel.name == second.kernel.name == "int_mm"
                    and second.kernel.activation_levels == int8_ffn.LEVELS)
         first.__dict__["gelu_into"] = second if fusable else None
+        linked += fusable
+    return linked
+
+
+def link_attention_inputs(model: nn.Module) -> int:
+    """Link every fused q/k/v projection of `model` (a layer's ATTENTION_INPUT, with its num_heads)
+    that is an Int8Linear on int_mm to its attention: its forward then returns QkvAccumulator
+    where the attention kernel takes the head size. Unlinks the others; returns how many are
+    linked. The epilogue's column terms (QkvAccumulator) become a buffer of the linear."""
+    linked = 0
+    for module in model.modules():
+        name = getattr(type(module), "ATTENTION_INPUT", None)
+        linear = getattr(module, name, None) if name is not None else None
+        if not isinstance(linear, Int8Linear):
+            continue
+        fusable = linear.kernel.name == "int_mm"
+        linear.attention_head_dim = linear.weight_int8.shape[1] // (3 * module.num_heads) if fusable else None
+        if fusable:
+            # x = acc * t0 * u0 + t1 * u1 + ...: t = (scale, offset, outliers..., 1) per row (forward).
+            columns = [linear.weight_scale, linear.weight_column_sum * linear.weight_scale, *linear.outlier_weight,
+                       linear.bias]
+            linear.register_buffer("epilogue_columns", torch.stack(columns).contiguous(), persistent=False)
         linked += fusable
     return linked
 
