@@ -202,6 +202,7 @@ struct FloatRows {
 // The projection's int32 accumulator [B, S, 3 H D], with row terms [B S, T] (contiguous) and
 // column terms [T, 3 H D] (contiguous) that scale it back to float32.
 struct Int8Rows {
+  static constexpr int64_t kMaxTerms = 8;  // MiniLM's: scale, offset, 4 outliers, bias
   const int32_t* acc;
   int64_t stride_b, stride_s;
   const float* row_terms;
@@ -209,14 +210,29 @@ struct Int8Rows {
   int64_t T;
   // Row j of batch row b, the task's columns dequantized into buf (3 H D floats; the others are
   // left as they are: pack reads only these).
-  const float* row(int64_t b, int64_t j, int64_t h0, int64_t GH, const Shape& s, float* buf) const {
+  const float* row(int64_t b, int64_t j, int64_t h0, int64_t GH, const Shape& s, float* __restrict buf) const {
     const int64_t HD = s.H * s.D, N = 3 * HD;
-    const int32_t* a = acc + b * stride_b + j * stride_s;
+    const int32_t* __restrict a = acc + b * stride_b + j * stride_s;
     const float* t = row_terms + (b * s.S + j) * T;
+    if (T > kMaxTerms) return row_any_terms(a, t, h0, GH, s, buf);
+    VT terms[kMaxTerms];  // locals: the stores to buf cannot alias them, so they stay in registers
+    for (int64_t i = 0; i < T; ++i) terms[i] = splat(t[i]);
     for (int64_t part = 0; part < 3; ++part)
       for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
         const VT x = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT);
-        VT y = x * (splat(t[0]) * load(column_terms + c));
+        VT y = x * (terms[0] * load(column_terms + c));
+        for (int64_t i = 1; i < T; ++i) y += terms[i] * load(column_terms + i * N + c);
+        store(buf + c, y);
+      }
+    return buf;
+  }
+  // row() for more than kMaxTerms terms (more outlier channels than Ember keeps).
+  const float* row_any_terms(const int32_t* a, const float* t, int64_t h0, int64_t GH, const Shape& s,
+                             float* buf) const {
+    const int64_t HD = s.H * s.D, N = 3 * HD;
+    for (int64_t part = 0; part < 3; ++part)
+      for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
+        VT y = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT) * (splat(t[0]) * load(column_terms + c));
         for (int64_t i = 1; i < T; ++i) y += splat(t[i]) * load(column_terms + i * N + c);
         store(buf + c, y);
       }
@@ -301,12 +317,22 @@ void pack_bf16(const Rows& rows, int64_t b, float* row_buf, const bool* mask, co
       const float* q = row + (h0 + g) * D;
       const float* k = q + HD;
       const float* v = k + HD;
+      // D is a multiple of 2 W: whole pair vectors (to_pairs rounds as pair() and bf16_bits do).
       uint32_t* qd = &qp[(g * L + j) * D2];
-      for (int64_t d = 0; d < D2; ++d) qd[d] = pair(q[2 * d] * scale, q[2 * d + 1] * scale);
+      for (int64_t d = 0; d < D; d += 2 * W)
+        *reinterpret_cast<VP*>(qd + d / 2) = to_pairs(load(q + d) * scale, load(q + d + W) * scale);
       uint32_t* block = &kt[g * D2 * Lk + (j / KB) * D2 * KB + j % KB];
-      for (int64_t d = 0; d < D2; ++d) block[d * KB] = pair(k[2 * d], k[2 * d + 1]);
+      for (int64_t d = 0; d < D; d += 2 * W) {
+        const VP kp = to_pairs(load(k + d), load(k + d + W));
+        for (int i = 0; i < W; ++i) block[(d / 2 + i) * KB] = kp[i];
+      }
       uint32_t* vd = &vv[(g * Lk / 2 + j / 2) * D];
-      for (int64_t d = 0; d < D; ++d) vd[d] |= bf16_bits(v[d]) << shift;
+      for (int64_t d = 0; d < D; d += W) {
+        VP bits;
+        __builtin_memcpy(&bits, v + d, sizeof bits);
+        bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;  // bf16_bits on a vector
+        *reinterpret_cast<VP*>(vd + d) |= bits << shift;
+      }
     }
   }
 }
