@@ -14,10 +14,10 @@
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 //
 // Built with AVX512-BF16 (library.AVX512_BF16), the file also has a bf16 variant (pack_bf16,
-// attend_head_bf16): the same tasks, tiles and float32 softmax, with q.k and P.V as bf16 pair dot
+// attend_head_bf16, in attention_bf16.h): the same tasks, tiles and float32 softmax, with q.k and P.V as bf16 pair dot
 // products (ember::encoder_attention_bf16, which only the int8 model calls).
 //
-// The rows come from one of two sources. FloatRows reads the fused projection's float32 output.
+// The rows come from one of two sources (attention_rows.h). FloatRows reads the fused projection's float32 output.
 // Int8Rows reads its int32 accumulator (an int8 linear's, before the epilogue that would scale it
 // back to float32) and dequantizes the columns a task needs into a row buffer as it packs them:
 // x[c] = acc[c] * t[0] * u[0][c] + sum_{i>=1} t[i] * u[i][c], with t the row's terms and u the
@@ -94,151 +94,20 @@ inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
 }
 
 #ifdef __AVX512BF16__
-// The bf16 variant (built where the CPU has AVX512-BF16): q.k and P.V as vdpbf16ps dot products of
-// bf16 pairs into float32 accumulators, half the instructions of the float32 FMAs; the scores,
-// the softmax and the accumulators stay float32. Pairs run along the reduced dimension: (q[2i],
-// q[2i+1]) . (k[2i], k[2i+1]) for the scores, (p[2i], p[2i+1]) . (v[2i], v[2i+1]) for P.V.
-typedef uint32_t VP __attribute__((vector_size(64), aligned(4)));  // 16 pairs of bf16
 constexpr bool kHasBf16 = true;
-
-inline VP load_pairs(const uint32_t* p) { return *reinterpret_cast<const VP*>(p); }
-inline VP splat_pair(uint32_t x) { return (VP{} + 1) * x; }
-inline VT dot_pairs(VT acc, VP a, VP b) {
-  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
-  return acc;
-}
-// 32 floats -> 32 bf16 in order (round to nearest even): lo's 16, then hi's.
-inline VP to_pairs(VT lo, VT hi) {
-  VP out;
-  asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(out) : "v"(hi), "v"(lo));
-  return out;
-}
-inline uint32_t bf16_bits(float x) {  // round to nearest even, as vcvtne2ps2bf16 (finite x)
-  uint32_t b;
-  __builtin_memcpy(&b, &x, 4);
-  return (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
-}
-inline uint32_t pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
-
-// score_tile on pairs: blk is one block of K^T as [D / 2][KB] pairs, qs [QB][D / 2] pairs.
-template <int NV>
-inline void score_tile_bf16(const uint32_t* blk, const uint32_t* qs, int64_t D2, const float* bias, float* sc,
-                            int64_t Lp, VT* top) {
-  VT acc[QB][NV] = {};
-  for (int64_t d = 0; d < D2; ++d) {
-    VP kv[NV];
-    for (int v = 0; v < NV; ++v) kv[v] = load_pairs(blk + d * KB + v * W);
-    for (int r = 0; r < QB; ++r) {
-      const VP qd = splat_pair(qs[r * D2 + d]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = dot_pairs(acc[r][v], qd, kv[v]);
-    }
-  }
-  for (int r = 0; r < QB; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const VT x = acc[r][v] + load(bias + v * W);
-      store(sc + r * Lp + v * W, x);
-      top[r] = x > top[r] ? x : top[r];
-    }
-}
-
-// attend_head on pairs: q [L][D / 2] (scaled), k^T [Lk / KB][D / 2][KB], v [Lk / 2][D] pairs.
-void attend_head_bf16(const uint32_t* q, const uint32_t* kt, const uint32_t* vv, const float* bias, int64_t L,
-                      int64_t D, float* out, int64_t out_stride, Scratch<float>& scratch, Scratch<uint32_t>& probs) {
-  const int64_t Lp = (L + 2 * W - 1) / (2 * W) * (2 * W), D2 = D / 2, Lp2 = Lp / 2;  // keys: whole pair vectors
-  float* sc = scratch.reserve(QB * Lp);
-  uint32_t* pp = probs.reserve(QB * Lp2);
-  uint32_t qs[QB * 128];
-  for (int64_t ib = 0; ib < L; ib += QB) {
-    const int64_t rows = min_of<int64_t>(QB, L - ib);
-    for (int r = 0; r < QB; ++r) {
-      const uint32_t* row = q + (ib + min_of<int64_t>(r, rows - 1)) * D2;
-      for (int64_t d = 0; d < D2; ++d) qs[r * D2 + d] = row[d];
-    }
-    VT top[QB];
-    for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
-    for (int64_t j = 0; j < Lp; j += KB) score_tile_bf16<JV>(kt + (j / KB) * D2 * KB, qs, D2, bias + j, &sc[j], Lp, top);
-    float inv[QB];
-    softmax_rows(sc, Lp, top, inv);
-    for (int r = 0; r < QB; ++r)
-      for (int64_t j = 0; j < Lp; j += 2 * W)
-        *reinterpret_cast<VP*>(pp + r * Lp2 + j / 2) = to_pairs(load(sc + r * Lp + j), load(sc + r * Lp + j + W));
-    const int64_t pairs = (L + 1) / 2;
-    for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {
-      VT a0[QB] = {}, a1[QB] = {};
-      for (int64_t i = 0; i < pairs; ++i) {
-        const VP v0 = load_pairs(vv + i * D + d0), v1 = load_pairs(vv + i * D + d0 + W);
-        for (int r = 0; r < QB; ++r) {
-          const VP p = splat_pair(pp[r * Lp2 + i]);
-          a0[r] = dot_pairs(a0[r], p, v0);
-          a1[r] = dot_pairs(a1[r], p, v1);
-        }
-      }
-      for (int r = 0; r < rows; ++r) {
-        float* o = out + (ib + r) * out_stride + d0;
-        store(o, a0[r] * inv[r]);
-        store(o + W, a1[r] * inv[r]);
-      }
-    }
-  }
-}
 #else
 constexpr bool kHasBf16 = false;
 #endif
 
-struct Shape {
-  int64_t B, S, H, D, mask_stride_b;
-};
+}  // namespace
 
-// The fused projection's float32 output [B, S, 3 H D] (unit stride in the last dimension).
-struct FloatRows {
-  const float* qkv;
-  int64_t stride_b, stride_s;
-  // Row j of batch row b (the task's heads h0 .. h0 + GH of q, k and v are what pack reads).
-  const float* row(int64_t b, int64_t j, int64_t, int64_t, const Shape&, float*) const {
-    return qkv + b * stride_b + j * stride_s;
-  }
-};
+#include "attention_rows.h"  // FloatRows, Int8Rows
 
-// The projection's int32 accumulator [B, S, 3 H D], with row terms [B S, T] (contiguous) and
-// column terms [T, 3 H D] (contiguous) that scale it back to float32.
-struct Int8Rows {
-  static constexpr int64_t kMaxTerms = 8;  // MiniLM's: scale, offset, 4 outliers, bias
-  const int32_t* acc;
-  int64_t stride_b, stride_s;
-  const float* row_terms;
-  const float* column_terms;
-  int64_t T;
-  // Row j of batch row b, the task's columns dequantized into buf (3 H D floats; the others are
-  // left as they are: pack reads only these).
-  const float* row(int64_t b, int64_t j, int64_t h0, int64_t GH, const Shape& s, float* __restrict buf) const {
-    const int64_t HD = s.H * s.D, N = 3 * HD;
-    const int32_t* __restrict a = acc + b * stride_b + j * stride_s;
-    const float* t = row_terms + (b * s.S + j) * T;
-    if (T > kMaxTerms) return row_any_terms(a, t, h0, GH, s, buf);
-    VT terms[kMaxTerms];  // locals: the stores to buf cannot alias them, so they stay in registers
-    for (int64_t i = 0; i < T; ++i) terms[i] = splat(t[i]);
-    for (int64_t part = 0; part < 3; ++part)
-      for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
-        const VT x = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT);
-        VT y = x * (terms[0] * load(column_terms + c));
-        for (int64_t i = 1; i < T; ++i) y += terms[i] * load(column_terms + i * N + c);
-        store(buf + c, y);
-      }
-    return buf;
-  }
-  // row() for more than kMaxTerms terms (more outlier channels than Ember keeps).
-  const float* row_any_terms(const int32_t* a, const float* t, int64_t h0, int64_t GH, const Shape& s,
-                             float* buf) const {
-    const int64_t HD = s.H * s.D, N = 3 * HD;
-    for (int64_t part = 0; part < 3; ++part)
-      for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
-        VT y = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT) * (splat(t[0]) * load(column_terms + c));
-        for (int64_t i = 1; i < T; ++i) y += splat(t[i]) * load(column_terms + i * N + c);
-        store(buf + c, y);
-      }
-    return buf;
-  }
-};
+#ifdef __AVX512BF16__
+#include "attention_bf16.h"  // attend_head_bf16, pack_bf16
+#endif
+
+namespace {
 
 // One head of one batch row, from packed buffers: q [L][D] (scaled), k^T in blocks [Lk / KB][D][KB],
 // v [Lk][D]; writes the L query rows of out (row stride out_stride).
@@ -302,41 +171,6 @@ void pack_f32(const Rows& rows, int64_t b, float* row_buf, const bool* mask, con
   }
 }
 
-#ifdef __AVX512BF16__
-// Packs them as bf16 pairs (attend_head_bf16's layout): q [L][D / 2] and k^T blocks [D / 2][KB]
-// paired along d, v [Lk / 2][D] paired along the keys (row j is the low half when j is even).
-template <class Rows>
-void pack_bf16(const Rows& rows, int64_t b, float* row_buf, const bool* mask, const Shape& s, int64_t h0, int64_t GH,
-               int64_t L, int64_t Lk, float scale, uint32_t* qp, uint32_t* kt, uint32_t* vv, float* bias) {
-  const int64_t D = s.D, D2 = s.D / 2, HD = s.H * s.D;
-  for (int64_t j = 0; j < L; ++j) {
-    bias[j] = mask[j] ? 0.0f : -kInf;
-    const float* row = rows.row(b, j, h0, GH, s, row_buf);
-    const int shift = (j % 2) * 16;
-    for (int64_t g = 0; g < GH; ++g) {
-      const float* q = row + (h0 + g) * D;
-      const float* k = q + HD;
-      const float* v = k + HD;
-      // D is a multiple of 2 W: whole pair vectors (to_pairs rounds as pair() and bf16_bits do).
-      uint32_t* qd = &qp[(g * L + j) * D2];
-      for (int64_t d = 0; d < D; d += 2 * W)
-        *reinterpret_cast<VP*>(qd + d / 2) = to_pairs(load(q + d) * scale, load(q + d + W) * scale);
-      uint32_t* block = &kt[g * D2 * Lk + (j / KB) * D2 * KB + j % KB];
-      for (int64_t d = 0; d < D; d += 2 * W) {
-        const VP kp = to_pairs(load(k + d), load(k + d + W));
-        for (int i = 0; i < W; ++i) block[(d / 2 + i) * KB] = kp[i];
-      }
-      uint32_t* vd = &vv[(g * Lk / 2 + j / 2) * D];
-      for (int64_t d = 0; d < D; d += W) {
-        VP bits;
-        __builtin_memcpy(&bits, v + d, sizeof bits);
-        bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;  // bf16_bits on a vector
-        *reinterpret_cast<VP*>(vd + d) |= bits << shift;
-      }
-    }
-  }
-}
-#endif
 
 template <class Rows>
 void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& s, bool bf16) {

@@ -7,7 +7,7 @@ AVX2 gets the AVX2 build). The build a process's models use (ProcessKernel) is l
 RTLD_GLOBAL: an AOTInductor package that calls a kernel through its C shim leaves the symbol
 undefined and finds it in the process at load. Any other build (a test of another CPU class's
 build) is loaded with RTLD_LOCAL, so that its shim, of the same name, never answers those calls.
-The cache key is the source with the header it shares (common.h), the width and the torch
+The cache key is the source with the headers beside it (common.h, attention's), the width and the torch
 version (whose C shim the kernel calls, through function pointers bind_shim hands it at load): a
 warm start loads the file without running the compiler.
 """
@@ -127,7 +127,7 @@ def load_bound(name: str, isa: VectorIsa, cache_dir: str, exported: bool = False
 
 
 def _build_and_load(source: Path, isa: VectorIsa, cache_dir: str, exported: bool) -> ctypes.CDLL | None:
-    digest = hashlib.sha256(source.read_bytes() + (SOURCES / "common.h").read_bytes())
+    digest = hashlib.sha256(source.read_bytes() + b"".join(h.read_bytes() for h in sorted(SOURCES.glob("*.h"))))
     digest.update(f"\0{isa.name}\0{isa.flags}\0{torch.__version__}".encode())
     name = f"lib{source.stem}-{isa.name}-{digest.hexdigest()[:16]}.so"
     mode = ctypes.RTLD_GLOBAL if exported else ctypes.RTLD_LOCAL

@@ -138,7 +138,8 @@ class Int8Linear(nn.Module):
     def from_state(cls, kernel: Int8Kernel, state: dict[str, torch.Tensor]) -> Int8Linear:
         return cls(kernel, *(state[name] for name in cls.BUFFERS))
 
-    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor | QuantizedRows:
+    def forward(self, x: torch.Tensor | QuantizedRows
+                ) -> torch.Tensor | QuantizedRows | attention_kernel.QkvAccumulator:
         if isinstance(x, QuantizedRows):
             return self._from_quantized(x)
         rows = x.reshape(-1, x.shape[-1])
