@@ -150,6 +150,19 @@ def test_the_accumulator_ops_read_strided_accumulators_and_refuse_bad_terms(tmp_
         torch.ops.ember.encoder_attention_int8(acc, x.row_terms.double(), columns, mask, 2)
 
 
+def test_an_accumulator_the_kernel_cannot_take_is_dequantized_for_sdpa(tmp_path):
+    """A mask other than a key mask (SDPA's [B, 1, S, S]) sends the accumulator to SDPA, on its
+    float32 projection: the layer's result is attention of QkvAccumulator.dequantize()."""
+    from ember.model.layers.attention import encoder_attention
+
+    attention.prepare(str(tmp_path))
+    x = _accumulator(2, 9, 3 * 64, 3, seed=2)
+    mask = torch.ones(2, 1, 9, 9, dtype=torch.bool).tril()  # causal: not a key mask
+    q, k, v = x.dequantize().view(2, 9, 3, 2, 32).permute(2, 0, 3, 1, 4)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(2, 9, 64)
+    torch.testing.assert_close(encoder_attention(x, 2, mask), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs_are_refused_with_what_is_wrong(tmp_path):
     attention.prepare(str(tmp_path))
     qkv = torch.randn(2, 5, 3 * 64)
