@@ -148,6 +148,9 @@ def test_the_accumulator_ops_read_strided_accumulators_and_refuse_bad_terms(tmp_
         torch.ops.ember.encoder_attention_int8(acc, x.row_terms, columns[:2], mask, 2)
     with pytest.raises(ValueError, match="row_terms must be float32"):
         torch.ops.ember.encoder_attention_int8(acc, x.row_terms.double(), columns, mask, 2)
+    many = _accumulator(2, 9, 3 * 64, attention.MAX_TERMS + 1, seed=3)
+    with pytest.raises(ValueError, match=f"1 <= T <= {attention.MAX_TERMS}"):
+        torch.ops.ember.encoder_attention_int8(*many, mask, 2)
 
 
 def test_an_accumulator_the_kernel_cannot_take_is_dequantized_for_sdpa(tmp_path):

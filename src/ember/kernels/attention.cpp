@@ -251,12 +251,13 @@ int32_t ember_encoder_attention(const float* qkv, const bool* key_mask, float* o
 }
 
 // From the int32 accumulator: acc [B, S, 3 H D] (unit stride last), row_terms [B S, T] and
-// column_terms [T, 3 H D], both contiguous.
+// column_terms [T, 3 H D], both contiguous; returns 3 if T is not in 1..Int8Rows::kMaxTerms.
 int32_t ember_encoder_attention_int8(const int32_t* acc, const float* row_terms, const float* column_terms, int64_t T,
                                      const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H, int64_t D,
                                      int64_t acc_stride_b, int64_t acc_stride_s, int64_t mask_stride_b, int32_t bf16) {
   if (!supported(D)) return 1;
   if (bf16 && !kHasBf16) return 2;
+  if (T < 1 || T > Int8Rows::kMaxTerms) return 3;
   attention(Int8Rows{acc, acc_stride_b, acc_stride_s, row_terms, column_terms, T}, key_mask, out,
             Shape{B, S, H, D, mask_stride_b}, bf16 != 0);
   return 0;
@@ -302,8 +303,9 @@ AOTITorchError shim_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_te
       rt.dim != 3 || ct.dim != 2)
     return AOTI_TORCH_FAILURE;
   const int64_t B = x.sizes[0], S = x.sizes[1], N = x.sizes[2], T = ct.sizes[0];
-  if (T < 1 || ct.sizes[1] != N || ct.strides[1] != 1 || ct.strides[0] != N || rt.sizes[0] != B || rt.sizes[1] != S ||
-      rt.sizes[2] != T || rt.strides[2] != 1 || (S > 1 && rt.strides[1] != T) || (B > 1 && rt.strides[0] != S * T))
+  if (T < 1 || T > Int8Rows::kMaxTerms || ct.sizes[1] != N || ct.strides[1] != 1 || ct.strides[0] != N ||
+      rt.sizes[0] != B || rt.sizes[1] != S || rt.sizes[2] != T || rt.strides[2] != 1 || (S > 1 && rt.strides[1] != T) ||
+      (B > 1 && rt.strides[0] != S * T))
     return AOTI_TORCH_FAILURE;
   void* out;
   if (!check_and_allocate(x, mask, num_heads, bf16, ret0, &out)) return AOTI_TORCH_FAILURE;

@@ -39,6 +39,8 @@ INT8_SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention_int8(A
                          "AtenTensorHandle row_terms, AtenTensorHandle column_terms, AtenTensorHandle key_mask, "
                          "int64_t num_heads, AtenTensorHandle* ret0)")
 INT8_BF16_SHIM_DECLARATION = INT8_SHIM_DECLARATION.replace("_int8(", "_int8_bf16(")
+MAX_TERMS = 16
+"""Most dequantization terms (QkvAccumulator's T) the kernel takes (attention_rows.h kMaxTerms)."""
 
 
 class QkvAccumulator(NamedTuple):
@@ -80,12 +82,8 @@ class Kernel:
         """The op's computation (contiguous copies of non-contiguous inputs); bf16: the variant's."""
         qkv, key_mask = qkv.contiguous(), key_mask.contiguous()
         batch, seq, width = qkv.shape
-        head_dim = width // (3 * num_heads)
-        if not self.supports(head_dim, qkv.dtype):
-            raise ValueError(f"head size {head_dim} ({qkv.dtype}) is not supported by the {self.isa} attention kernel")
+        head_dim = self._head_dim(width, num_heads, qkv.dtype, bf16)
         out = qkv.new_empty(batch, seq, width // 3)
-        if bf16 and not self.bf16:
-            raise ValueError(f"the {self.isa} attention kernel has no bf16 variant (the CPU lacks AVX512-BF16)")
         self.raw(qkv.data_ptr(), key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim,
                  qkv.stride(0), qkv.stride(1), key_mask.stride(0), int(bf16))
         return out
@@ -95,16 +93,24 @@ class Kernel:
         acc, row_terms, column_terms = (t.contiguous() for t in x)
         key_mask = key_mask.contiguous()
         batch, seq, width = acc.shape
+        head_dim = self._head_dim(width, num_heads, torch.float32, bf16)
+        out = torch.empty(batch, seq, width // 3)
+        status = self.raw_int8(acc.data_ptr(), row_terms.data_ptr(), column_terms.data_ptr(), column_terms.shape[0],
+                               key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim, acc.stride(0),
+                               acc.stride(1), key_mask.stride(0), int(bf16))
+        if status != 0:
+            raise ValueError(f"the {self.isa} attention kernel refused the accumulator (status {status}: "
+                             f"{column_terms.shape[0]} terms, at most {MAX_TERMS})")
+        return out
+
+    def _head_dim(self, width: int, num_heads: int, dtype: torch.dtype, bf16: bool) -> int:
+        """The head size of a [.., width = 3 H D] projection, if this build runs it (else ValueError)."""
         head_dim = width // (3 * num_heads)
-        if not self.supports(head_dim, torch.float32):
-            raise ValueError(f"head size {head_dim} is not supported by the {self.isa} attention kernel")
+        if not self.supports(head_dim, dtype):
+            raise ValueError(f"head size {head_dim} ({dtype}) is not supported by the {self.isa} attention kernel")
         if bf16 and not self.bf16:
             raise ValueError(f"the {self.isa} attention kernel has no bf16 variant (the CPU lacks AVX512-BF16)")
-        out = torch.empty(batch, seq, width // 3)
-        self.raw_int8(acc.data_ptr(), row_terms.data_ptr(), column_terms.data_ptr(), column_terms.shape[0],
-                      key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim, acc.stride(0), acc.stride(1),
-                      key_mask.stride(0), int(bf16))
-        return out
+        return head_dim
 
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
@@ -185,8 +191,9 @@ def _check_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.
     _check(acc, key_mask, num_heads, torch.int32)
     if (row_terms.dtype != torch.float32 or column_terms.dtype != torch.float32 or row_terms.dim() != 3
             or column_terms.dim() != 2 or column_terms.shape[1] != acc.shape[-1]
-            or row_terms.shape[-1] != column_terms.shape[0]):
+            or row_terms.shape[-1] != column_terms.shape[0] or not 1 <= column_terms.shape[0] <= MAX_TERMS):
         raise ValueError(f"row_terms must be float32 [batch, seq, T] and column_terms float32 [T, {acc.shape[-1]}], "
+                         f"1 <= T <= {MAX_TERMS}, "
                          f"got {row_terms.dtype} {list(row_terms.shape)}, {column_terms.dtype} "
                          f"{list(column_terms.shape)}")
 
@@ -206,10 +213,13 @@ def encoder_attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int)
     return _kernel("encoder_attention").run(qkv, key_mask, num_heads)
 
 
-@encoder_attention.register_fake
-def _(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+def _fake(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The float ops' shape and checks, for tracing (both variants)."""
     _check(qkv, key_mask, num_heads)
     return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
+
+
+encoder_attention.register_fake(_fake)
 
 
 @torch.library.custom_op("ember::encoder_attention_bf16", mutates_args=())
@@ -222,10 +232,7 @@ def encoder_attention_bf16(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads:
     return _kernel("encoder_attention_bf16").run(qkv, key_mask, num_heads, bf16=True)
 
 
-@encoder_attention_bf16.register_fake
-def _(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
-    _check(qkv, key_mask, num_heads)
-    return qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3)
+encoder_attention_bf16.register_fake(_fake)
 
 
 @torch.library.custom_op("ember::encoder_attention_int8", mutates_args=())
@@ -238,11 +245,14 @@ def encoder_attention_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_te
     return _kernel("encoder_attention_int8").run_int8(QkvAccumulator(acc, row_terms, column_terms), key_mask, num_heads)
 
 
-@encoder_attention_int8.register_fake
-def _(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
-      num_heads: int) -> torch.Tensor:
+def _fake_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
+               num_heads: int) -> torch.Tensor:
+    """The accumulator ops' shape and checks, for tracing (both variants)."""
     _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
     return row_terms.new_empty(acc.shape[0], acc.shape[1], acc.shape[2] // 3)
+
+
+encoder_attention_int8.register_fake(_fake_int8)
 
 
 @torch.library.custom_op("ember::encoder_attention_int8_bf16", mutates_args=())
@@ -255,8 +265,4 @@ def encoder_attention_int8_bf16(acc: torch.Tensor, row_terms: torch.Tensor, colu
                                                             num_heads, bf16=True)
 
 
-@encoder_attention_int8_bf16.register_fake
-def _(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor, key_mask: torch.Tensor,
-      num_heads: int) -> torch.Tensor:
-    _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
-    return row_terms.new_empty(acc.shape[0], acc.shape[1], acc.shape[2] // 3)
+encoder_attention_int8_bf16.register_fake(_fake_int8)

@@ -22,9 +22,9 @@ struct FloatRows {
 };
 
 // The projection's int32 accumulator [B, S, 3 H D], with row terms [B S, T] (contiguous) and
-// column terms [T, 3 H D] (contiguous) that scale it back to float32.
+// column terms [T, 3 H D] (contiguous) that scale it back to float32; 1 <= T <= kMaxTerms.
 struct Int8Rows {
-  static constexpr int64_t kMaxTerms = 8;  // an Int8Linear has 7: scale, offset, 4 outlier values, 1
+  static constexpr int64_t kMaxTerms = 16;  // an Int8Linear has 7: scale, offset, 4 outlier values, 1
   const int32_t* acc;
   int64_t stride_b, stride_s;
   const float* row_terms;
@@ -36,7 +36,6 @@ struct Int8Rows {
     const int64_t HD = s.H * s.D, N = 3 * HD;
     const int32_t* __restrict a = acc + b * stride_b + j * stride_s;
     const float* t = row_terms + (b * s.S + j) * T;
-    if (T > kMaxTerms) return row_any_terms(a, t, h0, GH, s, buf);
     VT terms[kMaxTerms];  // locals: the stores to buf cannot alias them, so they stay in registers
     for (int64_t i = 0; i < T; ++i) terms[i] = splat(t[i]);
     for (int64_t part = 0; part < 3; ++part)
@@ -44,18 +43,6 @@ struct Int8Rows {
         const VT x = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT);
         VT y = x * (terms[0] * load(column_terms + c));
         for (int64_t i = 1; i < T; ++i) y += terms[i] * load(column_terms + i * N + c);
-        store(buf + c, y);
-      }
-    return buf;
-  }
-  // row() for more than kMaxTerms terms (more outlier channels than Ember keeps).
-  const float* row_any_terms(const int32_t* a, const float* t, int64_t h0, int64_t GH, const Shape& s,
-                             float* buf) const {
-    const int64_t HD = s.H * s.D, N = 3 * HD;
-    for (int64_t part = 0; part < 3; ++part)
-      for (int64_t c = part * HD + h0 * s.D; c < part * HD + (h0 + GH) * s.D; c += W) {
-        VT y = __builtin_convertvector(*reinterpret_cast<const VI*>(a + c), VT) * (splat(t[0]) * load(column_terms + c));
-        for (int64_t i = 1; i < T; ++i) y += splat(t[i]) * load(column_terms + i * N + c);
         store(buf + c, y);
       }
     return buf;
