@@ -4,6 +4,7 @@ compiled graphs through its C shim, and replaced by SDPA where it cannot be buil
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -82,6 +83,43 @@ def test_the_bf16_variant_is_within_bf16_rounding_of_float64(tmp_path, batch, se
         assert error.norm() <= 1e-2 * exact[b, :length].norm() and error.abs().max() <= 0.05
         assert not ours[b, length:].any(), "rows past the last kept key are zeros"
     assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), "the bf16 products ran"
+
+
+def _bf16_operands_reference(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """What the bf16 variant computes, in float64 but for its roundings: q (scaled into base-2
+    scores), k, v and the softmax numerators rounded to bf16 (to nearest even), the sum of the
+    numerators unrounded."""
+    batch, seq, width = qkv.shape
+    head_dim = width // (3 * heads)
+    q, k, v = qkv.view(batch, seq, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    scale = torch.tensor(1 / head_dim ** 0.5, dtype=torch.float32) * torch.tensor(math.log2(math.e), dtype=torch.float32)
+    q, k, v = ((t.float() * s).bfloat16().double() for t, s in ((q, scale), (k, 1.0), (v, 1.0)))
+    scores = (q @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :], -math.inf)
+    numerators = torch.exp2(scores - scores.amax(-1, keepdim=True))
+    out = (numerators.bfloat16().double() @ v) / numerators.sum(-1, keepdim=True)
+    return out.transpose(1, 2).reshape(batch, seq, width // 3)
+
+
+@pytest.mark.skipif(attention_isa() != library.AVX512_BF16, reason="the bf16 variant needs AVX512-BF16")
+@pytest.mark.parametrize("spread", [1.0, 4.0])
+def test_the_bf16_variants_softmax_is_exact_but_for_bf16_rounding(tmp_path, spread):
+    """Given its bf16 operands, the variant's softmax (a cubic for 2^x, relative error < 8e-5, and a
+    clamp at 2^-126) is as good as an exact one: far closer to the reference with the same roundings
+    than bf16 rounding itself moves the output. spread 4: q and k 4x larger, scores hundreds apart in
+    a row, so that many numerators take the clamp."""
+    kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
+    assert kernel is not None and kernel.bf16
+    gen = torch.Generator().manual_seed(7)
+    batch, seq, heads, head_dim = 3, 70, 4, 32
+    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
+    qkv[..., : 2 * heads * head_dim] *= spread
+    key_mask = torch.arange(seq)[None, :] < torch.tensor([seq, seq - 9, 5])[:, None]
+    key_mask[0, 3] = False
+    ours, reference = kernel.run(qkv, key_mask, heads, bf16=True).double(), _bf16_operands_reference(qkv, key_mask, heads)
+    kept = torch.arange(seq)[None, :] <= (key_mask * torch.arange(seq)).amax(1, keepdim=True)  # up to the last kept key
+    error = (ours - reference)[kept].norm() / reference[kept].norm()
+    rounding = (reference - _sdpa(qkv.double(), key_mask, heads))[kept].norm() / reference[kept].norm()
+    assert error < 2e-3 and error < rounding / 4, f"softmax error {error:.2e}, bf16 rounding's {rounding:.2e}"
 
 
 def test_kernel_reads_a_strided_projection(tmp_path):

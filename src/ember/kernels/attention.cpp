@@ -14,8 +14,9 @@
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 //
 // Built with AVX512-BF16 (library.AVX512_BF16), the file also has a bf16 variant (pack_bf16,
-// attend_head_bf16, in attention_bf16.h): the same tasks, tiles and float32 softmax, with q.k and P.V as bf16 pair dot
-// products (ember::encoder_attention_bf16, which only the int8 model calls).
+// attend_head_bf16, in attention_bf16.h): the same tasks and tiles, with q.k and P.V as bf16 pair dot
+// products and a cheaper softmax that writes P.V's pairs (ember::encoder_attention_bf16, which only
+// the int8 model calls).
 //
 // The rows come from one of two sources (attention_rows.h). FloatRows reads the fused projection's float32 output.
 // Int8Rows reads its int32 accumulator (an int8 linear's, before the epilogue that would scale it
@@ -206,7 +207,7 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
         uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
         uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
         uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
-        pack_bf16(rows, b, row_buf, mask, s, h0, GH, L, Lk, scale, qp, kt, vv, bias);
+        pack_bf16(rows, b, row_buf, mask, s, h0, GH, L, Lk, scale * kLog2e, qp, kt, vv, bias);  // base-2 scores
         for (int64_t g = 0; g < GH; ++g)
           attend_head_bf16(&qp[g * L * D / 2], &kt[g * D / 2 * Lk], &vv[g * Lk / 2 * D], bias, L, D,
                            out_b + (h0 + g) * D, HD, scores, probs);
