@@ -77,20 +77,27 @@ inline void score_tile(const float* blk, const float* qs, int64_t D, const float
 
 // Softmax numerators of each of the QB score rows in place (Lp keys), given each row's running
 // maximum; returns 1 / sum per row in inv.
+inline float largest_lane(VT x) {
+  float top = x[0];
+  for (int k = 1; k < W; ++k) top = top < x[k] ? x[k] : top;
+  return top;
+}
+inline float inverse_of_sum(VT x) {  // 1 / (the lanes' sum), 0 for a sum of 0
+  float total = 0.0f;
+  for (int k = 0; k < W; ++k) total += x[k];
+  return total > 0.0f ? 1.0f / total : 0.0f;
+}
 inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
   for (int r = 0; r < QB; ++r) {
     float* s = sc + r * Lp;
-    float top = row_top[r][0];
-    for (int k = 1; k < W; ++k) top = top < row_top[r][k] ? row_top[r][k] : top;
+    const float top = largest_lane(row_top[r]);
     VT sum = {};
     for (int64_t j = 0; j < Lp; j += W) {
       const VT e = exp_nonpositive(load(s + j) - top);
       store(s + j, e);
       sum += e;
     }
-    float total = 0.0f;
-    for (int k = 0; k < W; ++k) total += sum[k];
-    inv[r] = total > 0.0f ? 1.0f / total : 0.0f;
+    inv[r] = inverse_of_sum(sum);
   }
 }
 

@@ -6,8 +6,9 @@ namespace {
 
 // The bf16 variant (built where the CPU has AVX512-BF16): q.k and P.V as vdpbf16ps dot products of
 // bf16 pairs into float32 accumulators, half the instructions of the float32 FMAs; the scores,
-// the softmax (softmax_rows_to_pairs) and the accumulators stay float32. Pairs run along the reduced dimension: (q[2i],
-// q[2i+1]) . (k[2i], k[2i+1]) for the scores, (p[2i], p[2i+1]) . (v[2i], v[2i+1]) for P.V.
+// the softmax (softmax_rows_to_pairs) and the accumulators stay float32. Pairs run along the
+// reduced dimension: (q[2i], q[2i+1]) . (k[2i], k[2i+1]) for the scores, (p[2i], p[2i+1]) .
+// (v[2i], v[2i+1]) for P.V.
 typedef uint32_t VP __attribute__((vector_size(64), aligned(4)));  // 16 pairs of bf16
 
 inline VP load_pairs(const uint32_t* p) { return *reinterpret_cast<const VP*>(p); }
@@ -66,17 +67,14 @@ inline VT exp2_nonpositive(VT t) {
 inline void softmax_rows_to_pairs(const float* sc, int64_t Lp, const VT* row_top, uint32_t* pp, float* inv) {
   for (int r = 0; r < QB; ++r) {
     const float* s = sc + r * Lp;
-    float top = row_top[r][0];
-    for (int k = 1; k < W; ++k) top = top < row_top[r][k] ? row_top[r][k] : top;
+    const float top = largest_lane(row_top[r]);
     VT sum = {};
     for (int64_t j = 0; j < Lp; j += 2 * W) {
       const VT lo = exp2_nonpositive(load(s + j) - top), hi = exp2_nonpositive(load(s + j + W) - top);
       sum += lo + hi;
       *reinterpret_cast<VP*>(pp + r * (Lp / 2) + j / 2) = to_pairs(lo, hi);
     }
-    float total = 0.0f;
-    for (int k = 0; k < W; ++k) total += sum[k];
-    inv[r] = total > 0.0f ? 1.0f / total : 0.0f;
+    inv[r] = inverse_of_sum(sum);
   }
 }
 
