@@ -56,10 +56,13 @@ def test_it_loads_exactly_where_the_cpu_runs_it(tmp_path):
 
 @pytest.mark.skipif(library.AVX2 not in builds(), reason="the AVX2 build needs an x86 CPU with AVX2")
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 384, 1152), (5, 36, 16), (16, 384, 1536), (7, 1536, 384),
-                                              (100, 64, 80), (257, 388, 112), (1000, 1536, 48), (0, 8, 16)])
+                                              (24, 388, 32), (25, 388, 32), (100, 64, 80), (257, 388, 112),
+                                              (1000, 1536, 48), (0, 8, 16)])
 def test_the_avx2_build_is_int_mm_bit_for_bit(tmp_path, rows, k, n):
-    """Row tiles of 1-6 and blocks of 96 rows, column blocks of 1-4 panels, K over one and several
-    depth steps (388 = 384 + 4), 8-bit operands at both extremes, an empty batch."""
+    """Row tiles of 1-6 and blocks of 96 rows, blocks that widen the weight as they load it (up to
+    24 rows) and blocks that widen each slice first (25 and more), column blocks of 1-4 panels, K
+    over one and several depth steps (388 = 384 + 4), 8-bit operands at both extremes, an empty
+    batch."""
     kernel = int8_mm.load_kernel(library.AVX2, str(tmp_path), flags={"avx2"})
     assert kernel is not None
     a, weight = _operands(rows, k, n)
@@ -69,12 +72,13 @@ def test_the_avx2_build_is_int_mm_bit_for_bit(tmp_path, rows, k, n):
     assert out.dtype == torch.int32 and torch.equal(out, a.int() @ weight.int())
 
 
-def test_the_avx2_packed_layout_holds_each_weight_once_as_int16():
-    """Every weight lands in its (panel of 16 columns, pair of rows, column, row in pair) int16 slot."""
+def test_the_avx2_packed_layout_holds_each_weight_once_as_a_byte():
+    """Every weight lands in its (panel of 16 columns, pair of rows, column, row in pair) byte: the
+    packed weight is no larger than the int8 one."""
     _, weight = _operands(3, 8, 48)
     packed, _ = int8_mm.pack(weight, library.AVX2)
-    assert packed.dtype == torch.int8 and packed.shape == (3, 8 * 16 * 2)
-    slots = packed.view(torch.int16).reshape(3, 4, 16, 2)  # [panel, k / 2, column in panel, k % 2]
+    assert packed.dtype == torch.int8 and packed.shape == (3, 8 * 16)
+    slots = packed.reshape(3, 4, 16, 2)  # [panel, k / 2, column in panel, k % 2]
     for k, n in [(0, 0), (5, 17), (7, 47), (3, 16)]:
         assert slots[n // 16, k // 2, n % 16, k % 2] == weight[k, n]
     assert sorted(slots.flatten().tolist()) == sorted(weight.flatten().tolist())

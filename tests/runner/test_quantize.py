@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,6 +364,22 @@ def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
     copied = tmp_path / "runner" / "int8" / "texts.json"
     copied.write_text(copied.read_text(encoding="utf-8").replace("the", "a", 1), encoding="utf-8")
     assert graph_code_digest(tmp_path) != before
+
+
+def test_a_kernels_cpp_source_is_in_the_cache_key(tmp_path):
+    """The kernels' C++ decides the packed weights' layouts the compiled graph is built for: a
+    package built against another int8_mm.cpp is never reused."""
+    import shutil
+
+    from ember.runner.aot_package import graph_code_digest
+
+    package = Path(graph_code_digest.__code__.co_filename).resolve().parents[1]  # src/ember
+    shutil.copytree(package, tmp_path / "ember")
+    before = graph_code_digest(tmp_path / "ember")
+    assert before == graph_code_digest(package)
+    source = tmp_path / "ember" / "kernels" / "int8_mm.cpp"
+    source.write_text(source.read_text(encoding="utf-8") + "\n// edited\n", encoding="utf-8")
+    assert graph_code_digest(tmp_path / "ember") != before
 
 
 def test_the_int8_package_does_not_import_the_benchmarks():

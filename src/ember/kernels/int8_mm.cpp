@@ -17,8 +17,11 @@
 // int16, which 8-bit activations overflow; vpmaddwd multiplies int16 pairs into int32 without
 // saturation, so both operands are widened to int16 and every product is exact, signed by signed
 // (no compensation). It does as many multiplies per instruction as the byte path. The packed
-// weight holds int16: panels of 16 columns (2 vectors of 8 lanes), for each pair of rows k = 2t,
-// 2t+1 the panel's columns with their two int16 side by side. a is widened into a scratch first.
+// weight stays int8 (half the bytes a call streams from L3 at a query's few rows, where that
+// traffic, not the multiplies, is the limit): panels of 16 columns (2 vectors of 8 lanes), for
+// each pair of rows k = 2t, 2t+1 the panel's columns with their two bytes side by side; each
+// vector's 16 bytes are sign-extended to int16 as they are loaded (vpmovsxbw, on the shuffle pipes,
+// not the multipliers). a is widened into a scratch first.
 // Tasks are blocks of kRowBlock rows x kColumnBlock columns, K in steps of kDepth (so that the
 // tile's rows of a and the panel's slice of the weight stay in L1).
 
@@ -116,6 +119,7 @@ inline bool packed_matches(const View& p, int64_t K, int64_t N) {
 typedef int32_t V8 __attribute__((vector_size(32)));
 typedef int32_t V8u __attribute__((vector_size(32), aligned(4)));
 typedef int16_t H16 __attribute__((vector_size(32)));
+typedef int8_t B16u __attribute__((vector_size(16), aligned(1)));
 
 constexpr int NV = 2;                         // vectors of 8 columns per panel
 constexpr int PANEL = NV * 8;                 // columns per panel
@@ -124,21 +128,31 @@ constexpr int64_t kRowBlock = 96;             // rows per task
 constexpr int64_t kColumnBlock = 64;          // columns per task
 constexpr int64_t kDepth = 384;               // K per pass over a task's tiles
 constexpr int64_t kMaxRows = INT64_MAX;       // the shim never hands over to _int_mm
+constexpr int64_t kWidenRows = 4 * MR;        // rows of a block above which it widens each weight slice once
 
 inline V8 splat_int(int32_t x) { return (V8{} + 1) * x; }
 // acc + the products of a's and b's int16 pairs, each pair summed (vpmaddwd: exact in int32).
 inline V8 madd(V8 acc, V8 a, V8 b) { return acc + (V8)__builtin_ia32_pmaddwd256((H16)a, (H16)b); }
 
+// 8 columns' int8 pairs (16 bytes), sign-extended to the int16 pairs vpmaddwd reads (vpmovsxbw).
+inline V8 widen_pairs(const int8_t* bytes) {
+  typedef char C16 __attribute__((vector_size(16)));
+  return (V8)__builtin_ia32_pmovsxbw256((C16) * reinterpret_cast<const B16u*>(bytes));
+}
+// 8 columns' pairs of a weight slice: int8 (widened as loaded) or int16 (widened before).
+inline V8 weight_pairs(const int8_t* panel, int64_t i) { return widen_pairs(panel + i * 16); }
+inline V8 weight_pairs(const int16_t* panel, int64_t i) { return *reinterpret_cast<const V8u*>(panel + i * 16); }
+
 // Rows of c (R of them), columns of one panel, over `pairs` pairs of K from a's int16 rows and the
-// panel's slice; starts from 0 (first pass) or from what c holds.
-template <int R>
-inline void tile(const int16_t* a, int64_t K, const int16_t* panel, int64_t pairs, bool first, int32_t* c, int64_t N) {
+// panel's slice (Wt: int8_t or int16_t); starts from 0 (first pass) or from what c holds.
+template <int R, typename Wt>
+inline void tile(const int16_t* a, int64_t K, const Wt* panel, int64_t pairs, bool first, int32_t* c, int64_t N) {
   V8 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = first ? V8{} : *reinterpret_cast<const V8u*>(c + r * N + v * 8);
   for (int64_t t = 0; t < pairs; ++t) {
     V8 w[NV];
-    for (int v = 0; v < NV; ++v) w[v] = *reinterpret_cast<const V8u*>(panel + (t * NV + v) * 16);
+    for (int v = 0; v < NV; ++v) w[v] = weight_pairs(panel, t * NV + v);
     for (int r = 0; r < R; ++r) {
       int32_t word;
       __builtin_memcpy(&word, a + r * K + 2 * t, 4);
@@ -150,38 +164,55 @@ inline void tile(const int16_t* a, int64_t K, const int16_t* panel, int64_t pair
     for (int v = 0; v < NV; ++v) *reinterpret_cast<V8u*>(c + r * N + v * 8) = acc[r][v];
 }
 
-template <int R>
-inline void rows_tile(int64_t rows, const int16_t* a, int64_t K, const int16_t* panel, int64_t pairs, bool first,
-                      int32_t* c, int64_t N) {
-  if constexpr (R > 1) {
-    if (rows < R) return rows_tile<R - 1>(rows, a, K, panel, pairs, first, c, N);
+// The block's rows m0..m_end of c, one panel's columns, from its slice (Wt: as in tile).
+template <typename Wt>
+inline void block_rows(const int16_t* a, int64_t m0, int64_t m_end, int64_t K, const Wt* panel, int64_t pairs,
+                       bool first, int32_t* c, int64_t N) {
+  for (int64_t m = m0; m < m_end; m += MR) {
+    const int64_t rows = min_of<int64_t>(MR, m_end - m);
+    const int16_t* am = a + m * K;
+    int32_t* cm = c + m * N;
+    switch (rows) {
+      case 6: tile<6>(am, K, panel, pairs, first, cm, N); break;
+      case 5: tile<5>(am, K, panel, pairs, first, cm, N); break;
+      case 4: tile<4>(am, K, panel, pairs, first, cm, N); break;
+      case 3: tile<3>(am, K, panel, pairs, first, cm, N); break;
+      case 2: tile<2>(am, K, panel, pairs, first, cm, N); break;
+      default: tile<1>(am, K, panel, pairs, first, cm, N); break;
+    }
   }
-  tile<R>(a, K, panel, pairs, first, c, N);
 }
 
-// c [M, N] = a [M, K] @ w, w packed by int8_mm.py pack(w, AVX2); K % 4 == 0, N % 16 == 0.
-void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed_bytes, const int32_t*, int64_t N, int32_t* c) {
-  const int16_t* packed = reinterpret_cast<const int16_t*>(packed_bytes);
+// c [M, N] = a [M, K] @ w, w packed by int8_mm.py pack(w, AVX2); K % 4 == 0, N % 16 == 0. A block
+// of more than kWidenRows rows reads each slice of the weight once per register tile: it widens the
+// slice into an int16 copy in L1 first, so that its tiles' loop has no widening in it.
+void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed, const int32_t*, int64_t N, int32_t* c) {
   Scratch<int16_t> widened;  // a as int16 (glibc reuses the freed block: no page faults per call)
   int16_t* a16 = widened.reserve(M * K);
   const int64_t row_blocks = (M + kRowBlock - 1) / kRowBlock, column_blocks = (N + kColumnBlock - 1) / kColumnBlock;
   const int64_t panels = N / PANEL;
 #pragma omp parallel
   {
+    alignas(32) int16_t slice16[kDepth * PANEL];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < M * K; ++i) a16[i] = a[i];
 #pragma omp for collapse(2) schedule(static)
     for (int64_t cb = 0; cb < column_blocks; ++cb)
       for (int64_t rb = 0; rb < row_blocks; ++rb) {
-        const int64_t m_end = min_of<int64_t>(M, (rb + 1) * kRowBlock);
+        const int64_t m0 = rb * kRowBlock, m_end = min_of<int64_t>(M, (rb + 1) * kRowBlock);
+        const bool widen_first = m_end - m0 > kWidenRows;
         const int64_t p_end = min_of<int64_t>(panels, (cb + 1) * kColumnBlock / PANEL);
         for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
           const int64_t pairs = min_of<int64_t>(kDepth, K - k0) / 2;
           for (int64_t p = cb * kColumnBlock / PANEL; p < p_end; ++p) {
-            const int16_t* panel = packed + p * K * PANEL + k0 * PANEL;
-            for (int64_t m = rb * kRowBlock; m < m_end; m += MR)
-              rows_tile<MR>(min_of<int64_t>(MR, m_end - m), a16 + m * K + k0, K, panel, pairs, k0 == 0,
-                            c + m * N + p * PANEL, N);
+            const int8_t* panel = packed + p * K * PANEL + k0 * PANEL;
+            int32_t* cp = c + p * PANEL;
+            if (widen_first) {
+              for (int64_t i = 0; i < pairs * 2 * PANEL; ++i) slice16[i] = panel[i];
+              block_rows<int16_t>(a16 + k0, m0, m_end, K, slice16, pairs, k0 == 0, cp, N);
+            } else {
+              block_rows<int8_t>(a16 + k0, m0, m_end, K, panel, pairs, k0 == 0, cp, N);
+            }
           }
         }
       }
@@ -189,7 +220,7 @@ void matmul(const int8_t* a, int64_t M, int64_t K, const int8_t* packed_bytes, c
 }
 
 inline bool packed_matches(const View& p, int64_t K, int64_t N) {
-  return p.dtype == shim.dtype_int8 && p.dim == 2 && p.sizes[0] == N / PANEL && p.sizes[1] == K * PANEL * 2;
+  return p.dtype == shim.dtype_int8 && p.dim == 2 && p.sizes[0] == N / PANEL && p.sizes[1] == K * PANEL;
 }
 
 #else

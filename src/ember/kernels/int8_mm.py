@@ -21,8 +21,7 @@ bit for bit, so the int8 model's vectors do not depend on which runs.
   ffn_out in int8 the model is on par at batches and takes 0.71x the time for one text (docs/int8.md).
   Not for a CPU with AVX-VNNI (256-bit), whose _int_mm is oneDNN's VNNI kernel.
 
-The int8 model keeps the packed weight beside the int8 one (MiniLM: +11 MB on AVX512-VNNI, +22 MB
-on AVX2, whose packed weight is int16). Called like the other kernels (attention.py): eager through
+The int8 model keeps the packed weight beside the int8 one (MiniLM: +11 MB). Called like the other kernels (attention.py): eager through
 ctypes, compiled graphs through its C shim `aoti_torch_cpu_int8_mm`; `supports()` is False until
 `prepare` has loaded it.
 """
@@ -75,8 +74,8 @@ def pack(weight: torch.Tensor, build: library.VectorIsa | None = None) -> tuple[
     starts its accumulators from) of an int8 [K, N] weight, for `build` (default: this process's):
     - AVX512-VNNI: int8 [N / 64 panels (rounded up), K / 4 * 256], holding for each panel and each
       group of 4 rows the panel's columns with their 4 bytes side by side;
-    - AVX2: the int16 weight, as int8 bytes [N / 16 panels, K * 32], holding for each panel and
-      each pair of rows the panel's columns with their two int16 side by side."""
+    - AVX2: int8 [N / 16 panels, K * 16], holding for each panel and each pair of rows the
+      panel's columns with their two bytes side by side (the kernel widens them to int16)."""
     in_features, out_features = weight.shape
     if weight.dtype != torch.int8 or not shape_supported(in_features, out_features):
         raise ValueError(f"weight must be int8 [K, N] with K % 4 == 0 and N % 16 == 0, got {weight.dtype} "
@@ -84,8 +83,8 @@ def pack(weight: torch.Tensor, build: library.VectorIsa | None = None) -> tuple[
     compensation = (weight.sum(0, dtype=torch.int32) * -128).to(torch.int32).contiguous()
     if (build or planned_build()) == library.AVX2:
         # [K/2, 2, panel, column] -> [panel, K/2, column, 2]
-        pairs = weight.to(torch.int16).reshape(in_features // 2, 2, out_features // PANEL_AVX2, PANEL_AVX2)
-        packed = pairs.permute(2, 0, 3, 1).contiguous().view(torch.int8)
+        pairs = weight.reshape(in_features // 2, 2, out_features // PANEL_AVX2, PANEL_AVX2)
+        packed = pairs.permute(2, 0, 3, 1).contiguous()
         return packed.reshape(packed_shape(in_features, out_features, library.AVX2)), compensation
     panels = -(-out_features // PANEL)
     padded = torch.zeros(in_features, panels * PANEL, dtype=torch.int8)
@@ -98,7 +97,7 @@ def pack(weight: torch.Tensor, build: library.VectorIsa | None = None) -> tuple[
 def packed_shape(in_features: int, out_features: int, build: library.VectorIsa | None = None) -> tuple[int, int]:
     """The shape of pack's packed weight for a [in_features, out_features] weight."""
     if (build or planned_build()) == library.AVX2:
-        return out_features // PANEL_AVX2, in_features * PANEL_AVX2 * 2
+        return out_features // PANEL_AVX2, in_features * PANEL_AVX2
     return -(-out_features // PANEL), in_features // 4 * PANEL * 4
 
 

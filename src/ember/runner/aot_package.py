@@ -69,7 +69,8 @@ def graph_code_digest(root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     int8 = root / "runner" / "int8"
-    for source in sorted([*(root / "model").rglob("*.py"), *(root / "kernels").glob("*.py"), *int8.rglob("*.py"),
+    kernels = [p for p in (root / "kernels").iterdir() if p.suffix in (".py", ".cpp", ".h")]  # the C++ sets packed layouts
+    for source in sorted([*(root / "model").rglob("*.py"), *kernels, *int8.rglob("*.py"),
                           *int8.glob("*.json"), root / "runner" / "aoti_build.py", root / "runner" / "packed_linear.py",
                           root / "runner" / "opaque_weights.py"]):
         digest.update(f"{source.relative_to(root)}\0".encode() + source.read_bytes())
