@@ -21,9 +21,9 @@ bit for bit, so the int8 model's vectors do not depend on which runs.
   ffn_out in int8 the model is on par at batches and takes 0.71x the time for one text (docs/int8.md).
   Not for a CPU with AVX-VNNI (256-bit), whose _int_mm is oneDNN's VNNI kernel.
 
-The int8 model keeps the packed weight beside the int8 one (MiniLM: +11 MB). Called like the other kernels (attention.py): eager through
-ctypes, compiled graphs through its C shim `aoti_torch_cpu_int8_mm`; `supports()` is False until
-`prepare` has loaded it.
+The int8 model keeps the packed weight beside the int8 one (MiniLM: +11 MB). Called like the
+other kernels (attention.py): eager through ctypes, compiled graphs through its C shim
+`aoti_torch_cpu_int8_mm`; `supports()` is False until `prepare` has loaded it.
 """
 
 from __future__ import annotations
