@@ -14,6 +14,22 @@ namespace {
 typedef int8_t VB __attribute__((vector_size(W), aligned(1)));
 
 inline VI load_int(const int32_t* p) { return *reinterpret_cast<const VI*>(p); }
+
+#if EMBER_W == 8
+// Four vectors of int32 steps in -128..127 stored as 32 bytes in order. AVX2 has no vpmovdb, and
+// GCC narrows a convertvector to int8 one lane at a time (vpextrd, shifts and ors); two saturating
+// packs (exact in this range) and one lane permute instead.
+typedef int16_t V16s __attribute__((vector_size(32)));
+typedef char V32c __attribute__((vector_size(32)));
+typedef char V32cu __attribute__((vector_size(32), aligned(1)));
+inline void store_steps(int8_t* q, const VI (&steps)[4]) {
+  const V16s low = __builtin_ia32_packssdw256(steps[0], steps[1]);  // per lane: s0 s1 (first half | second)
+  const V16s high = __builtin_ia32_packssdw256(steps[2], steps[3]);
+  const VI bytes = (VI)__builtin_ia32_packsswb256(low, high);  // dwords: s0 s1 s2 s3 (first halves) | second halves
+  const VI order = {0, 4, 1, 5, 2, 6, 3, 7};
+  *reinterpret_cast<V32cu*>(q) = (V32c)__builtin_ia32_permvarsi256(bytes, order);
+}
+#endif
 inline VT vmin(VT a, VT b) { return a < b ? a : b; }
 inline VT vmax(VT a, VT b) { return a > b ? a : b; }
 
@@ -109,6 +125,13 @@ void gelu_requantize(const int32_t* acc, int64_t M, int64_t N, const Dequant& d,
       const VT vlow = splat(low), vinv = splat(inverse), vround = splat(kRound);
       const VI bits = (VI{} + 1) * (kRoundBits + kZero);
       n = 0;
+#if EMBER_W == 8
+      for (; n + 4 * W <= N; n += 4 * W) {
+        VI steps[4];
+        for (int v = 0; v < 4; ++v) steps[v] = (VI)((load(smoothed + n + v * W) - vlow) * vinv + vround) - bits;
+        store_steps(q + n, steps);
+      }
+#endif
       for (; n + W <= N; n += W) {
         const VT t = (load(smoothed + n) - vlow) * vinv + vround;
         *reinterpret_cast<VB*>(q + n) = __builtin_convertvector((VI)t - bits, VB);
