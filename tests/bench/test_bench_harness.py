@@ -51,3 +51,16 @@ def test_a_run_held_to_a_narrower_isa_says_so_in_its_machine_line(monkeypatch) -
     cpu = roofline.cpu_description()
     assert cpu["held_to"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert "held to" in machine_line({"cpu": cpu}) and "ONEDNN_MAX_CPU_ISA=AVX2" in machine_line({"cpu": cpu})
+
+
+def test_a_run_held_to_avx2_measures_no_bf16_roofline(monkeypatch) -> None:
+    """Held to AVX2, bf16 matmuls are emulated even on a CPU with AVX512_BF16: measuring their
+    "peak" took 2.5 minutes per round and meant nothing."""
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not roofline.has_native_bf16()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(roofline.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not roofline.has_native_bf16()
+    monkeypatch.setattr(roofline.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert roofline.has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(roofline.cpu_description()["flags"]))

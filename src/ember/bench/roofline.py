@@ -29,8 +29,11 @@ def gemm_peak_gflops(dtype: torch.dtype, *, seconds: float = 0.4) -> float:
 
 def has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512_BF16, AMX); elsewhere torch emulates it at
-    a fraction of fp32's rate and a bf16 roofline means nothing (and takes minutes to measure)."""
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_description()["flags"]))
+    a fraction of fp32's rate and a bf16 roofline means nothing (and takes minutes to measure).
+    A run held to AVX2 (cpu_description's held_to) emulates it too, whatever the CPU has."""
+    cpu = cpu_description()
+    held_to_avx2 = cpu["torch_isa"] != "AVX512" or "AVX2" in str(cpu["held_to"].get("ONEDNN_MAX_CPU_ISA", ""))
+    return not held_to_avx2 and bool({"avx512_bf16", "amx_bf16"} & set(cpu["flags"]))
 
 
 def flops_per_token(model_folder: str, mean_len: float) -> float:
