@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,16 @@ import torch
 from ember import LLM
 from ember.errors import InvalidRequestError
 from ember.kernels import int8_mm, library
+from ember.runner.aot_package import graph_code_digest
 from ember.runner.device import cpu_flags
-from ember.runner.int8 import Int8Kernel, QuantizationQualityError, choose_kernel, keeps_rung, resolve_quantization
+from ember.runner.int8 import (
+    Int8Kernel,
+    QuantizationQualityError,
+    calibration,
+    choose_kernel,
+    keeps_rung,
+    resolve_quantization,
+)
 from ember.runner.int8.calibration import (
     SMOOTHING_ALPHAS,
     LinearInputs,
@@ -343,43 +352,39 @@ def test_calibration_embeds_in_the_texts_order(tiny_bert):
     np.testing.assert_allclose(ours, _vectors(llm, texts), atol=1e-5)
 
 
-def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
-    """The calibration and probe texts come from the file shipped with the int8 package (not from
-    the benchmark corpus, which depends on the Python version), and editing it changes the key of
-    the compiled packages and the stored int8 layers."""
-    import shutil
-
-    from ember.runner.aot_package import graph_code_digest
-    from ember.runner.int8 import calibration
-
-    calibration_texts, probe = calibration.calibration_and_probe_texts()
-    assert len(calibration_texts) == 304 and len(probe) == 80 and not set(calibration_texts) & set(probe)
+def _copy_of_the_cache_key_sources(tmp_path: Path) -> Path:
+    """A copy of the sources graph_code_digest reads (src/ember's model, kernels, runner/int8 and
+    three runner modules), whose digest equals the package's own."""
     package = calibration.TEXTS_FILE.parents[2]  # src/ember
     for part in ("model", "kernels", "runner/int8"):
         shutil.copytree(package / part, tmp_path / part)
     for module in ("aoti_build.py", "packed_linear.py", "opaque_weights.py"):
         shutil.copy(package / "runner" / module, tmp_path / "runner" / module)
-    before = graph_code_digest(tmp_path)
-    assert before == graph_code_digest(package)
-    copied = tmp_path / "runner" / "int8" / "texts.json"
+    assert graph_code_digest(tmp_path) == graph_code_digest(package)
+    return tmp_path
+
+
+def test_calibration_texts_are_a_frozen_file_in_the_cache_key(tmp_path):
+    """The calibration and probe texts come from the file shipped with the int8 package (not from
+    the benchmark corpus, which depends on the Python version), and editing it changes the key of
+    the compiled packages and the stored int8 layers."""
+    calibration_texts, probe = calibration.calibration_and_probe_texts()
+    assert len(calibration_texts) == 304 and len(probe) == 80 and not set(calibration_texts) & set(probe)
+    copy = _copy_of_the_cache_key_sources(tmp_path)
+    before = graph_code_digest(copy)
+    copied = copy / "runner" / "int8" / "texts.json"
     copied.write_text(copied.read_text(encoding="utf-8").replace("the", "a", 1), encoding="utf-8")
-    assert graph_code_digest(tmp_path) != before
+    assert graph_code_digest(copy) != before
 
 
 def test_a_kernels_cpp_source_is_in_the_cache_key(tmp_path):
     """The kernels' C++ decides the packed weights' layouts the compiled graph is built for: a
     package built against another int8_mm.cpp is never reused."""
-    import shutil
-
-    from ember.runner.aot_package import graph_code_digest
-
-    package = Path(graph_code_digest.__code__.co_filename).resolve().parents[1]  # src/ember
-    shutil.copytree(package, tmp_path / "ember")
-    before = graph_code_digest(tmp_path / "ember")
-    assert before == graph_code_digest(package)
-    source = tmp_path / "ember" / "kernels" / "int8_mm.cpp"
+    copy = _copy_of_the_cache_key_sources(tmp_path)
+    before = graph_code_digest(copy)
+    source = copy / "kernels" / "int8_mm.cpp"
     source.write_text(source.read_text(encoding="utf-8") + "\n// edited\n", encoding="utf-8")
-    assert graph_code_digest(tmp_path / "ember") != before
+    assert graph_code_digest(copy) != before
 
 
 def test_the_int8_package_does_not_import_the_benchmarks():

@@ -32,8 +32,8 @@ def has_native_bf16() -> bool:
     a fraction of fp32's rate and a bf16 roofline means nothing (and takes minutes to measure).
     A run held to AVX2 (cpu_description's held_to) emulates it too, whatever the CPU has."""
     cpu = cpu_description()
-    held_to_avx2 = cpu["torch_isa"] != "AVX512" or "AVX2" in str(cpu["held_to"].get("ONEDNN_MAX_CPU_ISA", ""))
-    return not held_to_avx2 and bool({"avx512_bf16", "amx_bf16"} & set(cpu["flags"]))
+    below_avx512 = cpu["torch_isa"] != "AVX512" or "AVX2" in str(cpu["held_to"].get("ONEDNN_MAX_CPU_ISA", ""))
+    return not below_avx512 and bool({"avx512_bf16", "amx_bf16"} & set(cpu["flags"]))
 
 
 def flops_per_token(model_folder: str, mean_len: float) -> float:
