@@ -3,6 +3,7 @@ loading the same GGUF file (both dequantize to float32)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,34 @@ def test_smollm2_greedy_continuation_matches_transformers_on_the_same_gguf(smoll
         expected = model.generate(torch.tensor([ref_ids]), max_new_tokens=32, do_sample=False)[0, len(ref_ids):]
     assert ours.outputs[0].token_ids == expected.tolist()
     assert "Paris" in ours.outputs[0].text
+
+
+def test_a_load_parses_the_file_once_and_reads_a_new_version_again(smollm2: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """GGUFReader parses the whole vocabulary in Python (seconds for SmolLM2's): reading the config
+    and then the weights must not parse the file again, and a changed file must be parsed anew."""
+    import gguf as gguf_package
+
+    from ember.model.loader import load_weights
+
+    parses: list[str] = []
+    real_reader = gguf_package.GGUFReader
+
+    def counting_reader(path, *args, **kwargs):
+        parses.append(str(path))
+        return real_reader(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_package, "GGUFReader", counting_reader)
+    copy = tmp_path / "model" / "SmolLM2.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(find_gguf(smollm2).read_bytes())
+    folder = ModelFolder.read(copy.parent)
+    weights = load_weights(copy.parent)
+    assert len(parses) == 1
+    assert folder.hf_config["num_hidden_layers"] == 30 and len(weights) == 272
+    assert weights["model.embed_tokens.weight"].shape == (folder.hf_config["vocab_size"], 576)
+
+    stat = copy.stat()  # a new version of the file: another mtime
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    ModelFolder.read(copy.parent)
+    assert len(parses) == 2

@@ -9,11 +9,13 @@ may be read-only, e.g. inside site-packages).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,26 +67,72 @@ def _reader(file: Path) -> Any:
     return GGUFReader(str(file))
 
 
+_VOCABULARY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    """Where one tensor's bytes are in the file and how to read them."""
+
+    name: str
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order: fastest-varying dimension first
+    offset: int
+    stored_dtype: np.dtype  # the bytes as GGUFReader views them (uint8 blocks for quantized types)
+    stored_shape: tuple[int, ...]
+
+    @property
+    def stored_bytes(self) -> int:
+        return int(np.prod(self.stored_shape)) * self.stored_dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    metadata: dict[str, Any]
+    """Every field but the (large) vocabulary arrays."""
+    tensors: tuple[_Tensor, ...]
+    vocabulary_size: int
+
+    @property
+    def tensor_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tensors)
+
+
+def _header(file: Path) -> _Header:
+    """The file's metadata and tensor names, parsed once per file version: GGUFReader parses the
+    whole vocabulary in Python (seconds for a 49k-token one), and a load asks for the config twice."""
+    stat = file.stat()
+    return _parsed_header(file.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_header(file: Path, size: int, mtime_ns: int) -> _Header:
+    reader = _reader(file)  # not kept: it maps the whole file
+    fields = reader.fields
+    tensors = tuple(_Tensor(t.name, t.tensor_type, tuple(int(d) for d in t.shape), int(t.data_offset), t.data.dtype,
+                            tuple(t.data.shape)) for t in reader.tensors)
+    return _Header({k: f.contents() for k, f in fields.items() if k not in _VOCABULARY}, tensors,
+                   len(fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in fields else 0)
+
+
 def read_metadata(file: Path) -> dict[str, Any]:
     """Every scalar/string/array field except the (large) vocabulary arrays."""
-    fields = _reader(file).fields
-    return {k: f.contents() for k, f in fields.items() if k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges",
-                                                                    "tokenizer.ggml.token_type", "tokenizer.ggml.scores")}
+    return dict(_header(file).metadata)
 
 
 def hf_config(file: Path) -> dict[str, Any]:
     """GGUF metadata -> a config.json-style dict."""
-    meta = read_metadata(file)
+    header = _header(file)
+    meta = header.metadata
     arch = meta.get("general.architecture")
     if arch not in _ARCHITECTURES:
         raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported; supported: {sorted(_ARCHITECTURES)}")
-    reader = _reader(file)
-    names = {t.name for t in reader.tensors}
+    names = header.tensor_names
     heads = meta[f"{arch}.attention.head_count"]
     hidden = meta[f"{arch}.embedding_length"]
     return {
         "architectures": [_ARCHITECTURES[arch]], "model_type": arch,
-        "vocab_size": meta.get(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
+        "vocab_size": meta.get(f"{arch}.vocab_size") or header.vocabulary_size,
         "hidden_size": hidden, "num_hidden_layers": meta[f"{arch}.block_count"],
         "num_attention_heads": heads, "num_key_value_heads": meta.get(f"{arch}.attention.head_count_kv", heads),
         "head_dim": meta.get(f"{arch}.attention.key_length") or hidden // heads,
@@ -101,22 +149,26 @@ def hf_config(file: Path) -> dict[str, Any]:
 
 
 def load_weights(file: Path) -> dict[str, torch.Tensor]:
-    """All tensors with HF names, dequantized to float32 (the loader casts to the run dtype)."""
+    """All tensors with HF names, dequantized to float32 (the loader casts to the run dtype). Reads
+    the bytes where the parsed header says they are, so the file's fields are not parsed again."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    reader = _reader(file)
+    header = _header(file)
     config = hf_config(file)
+    mapped = np.memmap(file, dtype=np.uint8, mode="r")
     out: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
+    for t in header.tensors:
         name = _hf_name(t.name)
-        # F32 tensors are read-only views of the memory-mapped file: copy them
-        data = np.array(t.data) if t.tensor_type == GGMLQuantizationType.F32 else dequantize(t.data, t.tensor_type)
-        data = np.ascontiguousarray(data, dtype=np.float32).reshape(tuple(reversed([int(d) for d in t.shape])))
+        stored = mapped[t.offset:t.offset + t.stored_bytes].view(t.stored_dtype).reshape(t.stored_shape)
+        # F32 tensors would be read-only views of the memory-mapped file: copy them
+        data = np.array(stored) if t.tensor_type == GGMLQuantizationType.F32 else dequantize(stored, t.tensor_type)
+        data = np.ascontiguousarray(data, dtype=np.float32).reshape(tuple(reversed(t.shape)))
         if config["model_type"] == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads"] if "q_proj" in name else config["num_key_value_heads"]
             data = _unpermute(data, heads)
         out[name] = torch.from_numpy(data)
+    del mapped
     return out
 
 
