@@ -30,7 +30,9 @@
 
 namespace {
 
-constexpr int QB = W == 16 ? 8 : 4;  // query rows per register tile (AVX2 has 16 registers)
+// Query rows per register tile: QB x JV accumulators, the JV key (or value) vectors and a
+// broadcast fill AVX2's 16 registers at QB = 6 (AVX-512: 8 of its 32; 12 gained nothing there).
+constexpr int QB = W == 16 ? 8 : 6;
 constexpr int JV = 2;                // key vectors per register tile
 constexpr int KB = JV * W;           // keys per packed block of K^T
 
