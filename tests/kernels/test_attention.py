@@ -37,7 +37,7 @@ def test_this_cpu_gets_the_kernel_of_its_widest_isa(tmp_path):
     assert attention.prepare(str(tmp_path)) == f"ember-{isa.name}"
     assert attention.supports(32, torch.float32) and not attention.supports(32, torch.bfloat16)
     assert not attention.supports(8, torch.float32)  # below two vectors: SDPA
-    assert attention.supports(32, torch.float32, bf16=True) == (isa == library.AVX512_BF16)
+    assert attention.supports(32, torch.float32, narrow=True) == (isa in (library.AVX512_BF16, library.AVX2))
 
 
 @pytest.mark.parametrize("isa", builds(), ids=lambda isa: isa.name)
@@ -70,14 +70,14 @@ def test_the_bf16_variant_is_within_bf16_rounding_of_float64(tmp_path, batch, se
     """Odd key counts (a pair's second key is padding), dropped keys, padded rows; the error is
     bf16's (~3 digits per product), not a wrong layout (which would be of the output's size)."""
     kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
-    assert kernel is not None and kernel.bf16
+    assert kernel is not None and kernel.narrow == "bf16"
     gen = torch.Generator().manual_seed(batch * seq + head_dim)
     qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
     lengths = [max(1, seq - 7 * b) for b in range(batch)]
     key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
     if seq > 5:
         key_mask[0, 2] = False
-    ours, exact = kernel.run(qkv, key_mask, heads, bf16=True), _sdpa(qkv.double(), key_mask, heads)
+    ours, exact = kernel.run(qkv, key_mask, heads, narrow=True), _sdpa(qkv.double(), key_mask, heads)
     for b, length in enumerate(lengths):
         error = ours[b, :length].double() - exact[b, :length]
         assert error.norm() <= 1e-2 * exact[b, :length].norm() and error.abs().max() <= 0.05
@@ -108,18 +108,67 @@ def test_the_bf16_variants_softmax_is_exact_but_for_bf16_rounding(tmp_path, spre
     than bf16 rounding itself moves the output. spread 4: q and k 4x larger, scores hundreds apart in
     a row, so that many numerators take the clamp."""
     kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
-    assert kernel is not None and kernel.bf16
+    assert kernel is not None and kernel.narrow == "bf16"
     gen = torch.Generator().manual_seed(7)
     batch, seq, heads, head_dim = 3, 70, 4, 32
     qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
     qkv[..., : 2 * heads * head_dim] *= spread
     key_mask = torch.arange(seq)[None, :] < torch.tensor([seq, seq - 9, 5])[:, None]
     key_mask[0, 3] = False
-    ours, reference = kernel.run(qkv, key_mask, heads, bf16=True).double(), _bf16_operands_reference(qkv, key_mask, heads)
+    ours, reference = kernel.run(qkv, key_mask, heads, narrow=True).double(), _bf16_operands_reference(qkv, key_mask, heads)
     kept = torch.arange(seq)[None, :] <= (key_mask * torch.arange(seq)).amax(1, keepdim=True)  # up to the last kept key
     error = (ours - reference)[kept].norm() / reference[kept].norm()
     rounding = (reference - _sdpa(qkv.double(), key_mask, heads))[kept].norm() / reference[kept].norm()
     assert error < 2e-3 and error < rounding / 4, f"softmax error {error:.2e}, bf16 rounding's {rounding:.2e}"
+
+
+@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"), [(1, 1, 12, 32), (3, 37, 12, 32), (2, 300, 4, 64),
+                                                                 (1, 129, 3, 128), (2, 20, 1, 256)])
+def test_the_int16_variant_is_within_its_rounding_of_float64(tmp_path, batch, seq, heads, head_dim):
+    """The AVX2 build's narrow products (every x86 CPU here runs that build): q, k, v and the
+    softmax numerators scaled per row to int16 grids of 2^12-2^15 levels. Odd key counts, dropped
+    keys, padded rows; the error is a tenth of the bf16 variant's bound, so a wrong layout or scale
+    (an error of the output's size) cannot pass, and the int16 products did run."""
+    kernel = attention.load_kernel(library.AVX2, str(tmp_path))
+    assert kernel is not None and kernel.narrow == "int16"
+    gen = torch.Generator().manual_seed(batch * seq + head_dim)
+    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
+    lengths = [max(1, seq - 7 * b) for b in range(batch)]
+    key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    if seq > 5:
+        key_mask[0, 2] = False
+    ours, exact = kernel.run(qkv, key_mask, heads, narrow=True), _sdpa(qkv.double(), key_mask, heads)
+    for b, length in enumerate(lengths):
+        error = ours[b, :length].double() - exact[b, :length]
+        assert error.norm() <= 1e-3 * exact[b, :length].norm() and error.abs().max() <= 5e-3
+        assert not ours[b, length:].any(), "rows past the last kept key are zeros"
+    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), "the int16 products ran"
+
+
+@pytest.mark.parametrize("case", ["flat", "peaked", "zeros"])
+def test_the_int16_variant_keeps_its_sums_in_range(tmp_path, case):
+    """The cases that stress its int32 sums and scales: "flat", q = 0 over 3000 keys (every weight
+    equal: P.V sums 3000 products of full-range values, the budget that p's scale keeps), "peaked",
+    q and k 30x larger (scores thousands apart: most numerators clamp to ~0, one dominates), and
+    "zeros", rows of v and k that are all 0 (a scale of 0). Peaked scores carry an absolute error
+    that grows with them (~2^-13 of |q| |k|), which moves near-ties: a larger bound there, still
+    below the bf16 variant's."""
+    kernel = attention.load_kernel(library.AVX2, str(tmp_path))
+    gen = torch.Generator().manual_seed(11)
+    seq, heads, head_dim = (3000, 1, 32) if case == "flat" else (90, 2, 32)
+    qkv = torch.randn(1, seq, 3 * heads * head_dim, generator=gen)
+    hd = heads * head_dim
+    if case == "flat":
+        qkv[..., :hd] = 0
+        qkv[..., 2 * hd:] = qkv[..., 2 * hd:].abs() + 5  # same-signed values: the largest |sum|
+    elif case == "peaked":
+        qkv[..., :2 * hd] *= 30
+    else:
+        qkv[:, ::3, hd:] = 0
+    key_mask = torch.ones(1, seq, dtype=torch.bool)
+    ours, exact = kernel.run(qkv, key_mask, heads, narrow=True).double(), _sdpa(qkv.double(), key_mask, heads)
+    assert torch.isfinite(ours).all()
+    assert (ours - exact).norm() <= (5e-3 if case == "peaked" else 1e-3) * exact.norm()
 
 
 def test_kernel_reads_a_strided_projection(tmp_path):
@@ -160,11 +209,11 @@ def test_the_accumulator_variant_is_attention_of_the_dequantized_projection(tmp_
     if seq > 5:
         key_mask[0, 2] = False
     qkv = x.dequantize()
-    for bf16 in (False, True) if kernel.bf16 else (False,):
-        ours, ref = kernel.run_int8(x, key_mask, heads, bf16=bf16), kernel.run(qkv, key_mask, heads, bf16=bf16)
-        # bf16: a last-bit difference in x may round a product's operand to the next bf16.
-        torch.testing.assert_close(ours, ref, rtol=1e-2 if bf16 else 1e-5, atol=1e-2 * ref.abs().max().item()
-                                   if bf16 else 1e-4)
+    for narrow in (False, True) if kernel.narrow else (False,):
+        ours, ref = kernel.run_int8(x, key_mask, heads, narrow=narrow), kernel.run(qkv, key_mask, heads, narrow=narrow)
+        # narrow: a last-bit difference in x may round a product's operand to the next bf16 or int16 step.
+        torch.testing.assert_close(ours, ref, rtol=1e-2 if narrow else 1e-5, atol=1e-2 * ref.abs().max().item()
+                                   if narrow else 1e-4)
         for b, length in enumerate(lengths):
             assert not ours[b, length:].any(), "rows past the last kept key are zeros"
 
@@ -240,27 +289,27 @@ def test_a_model_with_the_kernel_matches_transformers(tiny_bert_head_32, tmp_pat
         with zipfile.ZipFile(package) as archive:
             wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
         assert "AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu_encoder_attention(" in wrapper
-        assert "CHECK(aoti_torch_cpu_encoder_attention_bf16(" not in wrapper  # float32 attention for a float model
+        assert "CHECK(aoti_torch_cpu_encoder_attention_narrow(" not in wrapper  # float32 attention for a float model
         assert "aoti_torch_proxy_executor_call_function" not in wrapper
 
 
-def test_the_int8_model_runs_attention_in_bf16_where_the_cpu_has_it(tiny_bert_head_32, tmp_path):
-    """int8 sets every layer's attention_bf16; the compiled package calls the bf16 shim (where the
-    CPU has AVX512-BF16; elsewhere the float32 one), from the q/k/v projection's int32 accumulator
+def test_the_int8_model_runs_narrow_attention_where_the_kernel_has_it(tiny_bert_head_32, tmp_path):
+    """int8 sets every layer's attention_narrow; the compiled package calls the narrow shim (where
+    the build has narrow products: AVX512-BF16 or AVX2; elsewhere the float32 one), from the q/k/v projection's int32 accumulator
     where that runs on int_mm (no float32 projection in between), and serves what the eager int8
     model does."""
     int8 = {"quantization": "int8", "quantization_min_cosine": 0.5}
     texts = [t for t in varied_texts(16) if t.strip()]
     compiled = LLM(str(tiny_bert_head_32), compile_cache_dir=str(tmp_path), **int8)
-    assert all(layer.attention_bf16 for layer in compiled.engine.runner.model.layers)
+    assert all(layer.attention_narrow for layer in compiled.engine.runner.model.layers)
     (package,) = tmp_path.glob("encoder-*.pt2")
     with zipfile.ZipFile(package) as archive:
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
     from_accumulator = compiled.engine.runner.model.layers[0].qkv.kernel.name == "int_mm"
     shim = "aoti_torch_cpu_encoder_attention" + ("_int8" if from_accumulator else "") + (
-        "_bf16" if attention_isa() == library.AVX512_BF16 else "")
-    calls = {name for name in ("encoder_attention", "encoder_attention_bf16", "encoder_attention_int8",
-                               "encoder_attention_int8_bf16") if f"CHECK(aoti_torch_cpu_{name}(" in wrapper}
+        "_narrow" if attention_isa() in (library.AVX512_BF16, library.AVX2) else "")
+    calls = {name for name in ("encoder_attention", "encoder_attention_narrow", "encoder_attention_int8",
+                               "encoder_attention_int8_narrow") if f"CHECK(aoti_torch_cpu_{name}(" in wrapper}
     assert calls == {shim.removeprefix("aoti_torch_cpu_")}
     eager = LLM(str(tiny_bert_head_32), enforce_eager=True, compile_cache_dir="", **int8)
     ours = np.stack([o.outputs.data for o in compiled.embed(texts, truncate_prompt_tokens=-1)])

@@ -13,10 +13,11 @@
 // to the row's largest, 1). Query rows past the last kept key (the padding of a right-padded row)
 // are written as zeros: no kept row ever reads them as keys, and pooling skips them.
 //
-// Built with AVX512-BF16 (library.AVX512_BF16), the file also has a bf16 variant (pack_bf16,
-// attend_head_bf16, in attention_bf16.h): the same tasks and tiles, with q.k and P.V as bf16 pair dot
-// products and a cheaper softmax that writes P.V's pairs (ember::encoder_attention_bf16, which only
-// the int8 model calls).
+// The file also has a variant with narrow products (ember::encoder_attention_narrow, which only
+// the int8 model calls): the same tasks and tiles, with q.k and P.V as pair dot products of bf16
+// values where the build has AVX512-BF16 (library.AVX512_BF16; pack_bf16, attend_head_bf16 in
+// attention_bf16.h, with a cheaper softmax that writes P.V's pairs), of int16 values in the AVX2
+// build (pack_int16, attend_head_int16 in attention_int16.h; AVX-512 without BF16 has none).
 //
 // The rows come from one of two sources (attention_rows.h). FloatRows reads the fused projection's float32 output.
 // Int8Rows reads its int32 accumulator (an int8 linear's, before the epilogue that would scale it
@@ -24,7 +25,7 @@
 // x[c] = acc[c] * t[0] * u[0][c] + sum_{i>=1} t[i] * u[i][c], with t the row's terms and u the
 // columns' (runner/int8/linear.py builds both). The projection's float32 output is then never
 // written: at 4 x 256 tokens of MiniLM that is 4.7 MB written and read back per layer
-// (ember::encoder_attention_int8, ember::encoder_attention_int8_bf16).
+// (ember::encoder_attention_int8, ember::encoder_attention_int8_narrow).
 
 #include "common.h"
 
@@ -103,10 +104,13 @@ inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
   }
 }
 
-#ifdef __AVX512BF16__
-constexpr bool kHasBf16 = true;
+// Which narrow products this build has (ember_attention_narrow_products).
+#if defined(__AVX512BF16__)
+constexpr int32_t kNarrow = 1;  // bf16
+#elif EMBER_W == 8
+constexpr int32_t kNarrow = 2;  // int16
 #else
-constexpr bool kHasBf16 = false;
+constexpr int32_t kNarrow = 0;  // none
 #endif
 
 }  // namespace
@@ -115,6 +119,9 @@ constexpr bool kHasBf16 = false;
 
 #ifdef __AVX512BF16__
 #include "attention_bf16.h"  // attend_head_bf16, pack_bf16
+#endif
+#if EMBER_W == 8
+#include "attention_int16.h"  // attend_head_int16, pack_int16
 #endif
 
 namespace {
@@ -183,7 +190,7 @@ void pack_f32(const Rows& rows, int64_t b, float* row_buf, const bool* mask, con
 
 
 template <class Rows>
-void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& s, bool bf16) {
+void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& s, bool narrow) {
   const int64_t B = s.B, S = s.S, H = s.H, D = s.D, HD = H * D;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(D));
   // A task is one batch row and a group of heads. Its q, k, v are packed by reading the rows in
@@ -198,6 +205,7 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
   {
     Scratch<float> q_buf, k_buf, v_buf, scores, bias_buf, row_scratch;
     Scratch<uint32_t> q_pairs, k_pairs, v_pairs, probs;
+    Scratch<float> q_scales, key_scales, value_scales;
     float* row_buf = row_scratch.reserve(3 * HD);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * groups; ++task) {
@@ -212,7 +220,7 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
       const int64_t Lk = (L + KB - 1) / KB * KB;  // keys packed: whole blocks, zeros past L
       float* bias = bias_buf.fill(Lk, -kInf);
 #ifdef __AVX512BF16__
-      if (bf16) {
+      if (narrow) {
         uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
         uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
         uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
@@ -220,6 +228,22 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
         for (int64_t g = 0; g < GH; ++g)
           attend_head_bf16(&qp[g * L * D / 2], &kt[g * D / 2 * Lk], &vv[g * Lk / 2 * D], bias, L, D,
                            out_b + (h0 + g) * D, HD, scores, probs);
+        continue;
+      }
+#endif
+#if EMBER_W == 8
+      if (narrow && L <= kMaxInt16Keys) {
+        uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
+        uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
+        uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
+        float* q_scale = q_scales.reserve(GH * L);
+        float* key_scale = key_scales.fill(GH * Lk, 0.0f);
+        float* value_scale = value_scales.fill(GH * Lk, 0.0f);
+        pack_int16(rows, b, row_buf, mask, s, h0, GH, L, Lk, scale, qp, q_scale, kt, key_scale, vv, value_scale, bias);
+        for (int64_t g = 0; g < GH; ++g)
+          attend_head_int16(&qp[g * L * D / 2], &q_scale[g * L], &kt[g * D / 2 * Lk], &key_scale[g * Lk],
+                            &vv[g * Lk / 2 * D], &value_scale[g * Lk], bias, L, D, out_b + (h0 + g) * D, HD, scores,
+                            probs);
         continue;
       }
 #endif
@@ -231,7 +255,7 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
         attend_head(&qp[g * L * D], &kt[g * D * Lk], &vv[g * Lk * D], bias, L, D, out_b + (h0 + g) * D, HD, scores);
     }
   }
-  (void)bf16;
+  (void)narrow;
 }
 
 bool supported(int64_t D) { return D > 0 && D <= 256 && D % (2 * W) == 0; }
@@ -246,17 +270,17 @@ void ember_attention_bind(void* const* functions, const int32_t* codes) { bind(f
 // Floats per vector of this build: attention.py checks it against the CPU before using it.
 int32_t ember_attention_vector_width() { return W; }
 
-// 1 if this build has the bf16 variant (built with AVX512-BF16), else 0.
-int32_t ember_attention_has_bf16() { return kHasBf16 ? 1 : 0; }
+// The narrow products of this build: 1 bf16 (built with AVX512-BF16), 2 int16 (AVX2), 0 none.
+int32_t ember_attention_narrow_products() { return kNarrow; }
 
 // The raw entries (eager calls through ctypes): return 0, 1 if D is not a multiple of 2 W, or 2 if
-// bf16 is asked of a build without it.
+// narrow products are asked of a build without them.
 int32_t ember_encoder_attention(const float* qkv, const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H,
                                 int64_t D, int64_t qkv_stride_b, int64_t qkv_stride_s, int64_t mask_stride_b,
-                                int32_t bf16) {
+                                int32_t narrow) {
   if (!supported(D)) return 1;
-  if (bf16 && !kHasBf16) return 2;
-  attention(FloatRows{qkv, qkv_stride_b, qkv_stride_s}, key_mask, out, Shape{B, S, H, D, mask_stride_b}, bf16 != 0);
+  if (narrow && !kNarrow) return 2;
+  attention(FloatRows{qkv, qkv_stride_b, qkv_stride_s}, key_mask, out, Shape{B, S, H, D, mask_stride_b}, narrow != 0);
   return 0;
 }
 
@@ -264,12 +288,12 @@ int32_t ember_encoder_attention(const float* qkv, const bool* key_mask, float* o
 // column_terms [T, 3 H D], both contiguous; returns 3 if T is not in 1..Int8Rows::kMaxTerms.
 int32_t ember_encoder_attention_int8(const int32_t* acc, const float* row_terms, const float* column_terms, int64_t T,
                                      const bool* key_mask, float* out, int64_t B, int64_t S, int64_t H, int64_t D,
-                                     int64_t acc_stride_b, int64_t acc_stride_s, int64_t mask_stride_b, int32_t bf16) {
+                                     int64_t acc_stride_b, int64_t acc_stride_s, int64_t mask_stride_b, int32_t narrow) {
   if (!supported(D)) return 1;
-  if (bf16 && !kHasBf16) return 2;
+  if (narrow && !kNarrow) return 2;
   if (T < 1 || T > Int8Rows::kMaxTerms) return 3;
   attention(Int8Rows{acc, acc_stride_b, acc_stride_s, row_terms, column_terms, T}, key_mask, out,
-            Shape{B, S, H, D, mask_stride_b}, bf16 != 0);
+            Shape{B, S, H, D, mask_stride_b}, narrow != 0);
   return 0;
 }
 
@@ -278,9 +302,9 @@ int32_t ember_encoder_attention_int8(const int32_t* acc, const float* row_terms,
 namespace {
 // Checks key_mask bool [B, S] (unit stride in its last dimension) and num_heads against a [B, S,
 // 3 H D] input x, and allocates the float32 [B, S, H D] result.
-bool check_and_allocate(const View& x, const View& mask, int64_t num_heads, bool bf16, AtenTensorHandle* ret0,
+bool check_and_allocate(const View& x, const View& mask, int64_t num_heads, bool narrow, AtenTensorHandle* ret0,
                         void** out_data) {
-  if ((bf16 && !kHasBf16) || x.dim != 3 || mask.dim != 2 || mask.dtype != shim.dtype_bool) return false;
+  if ((narrow && !kNarrow) || x.dim != 3 || mask.dim != 2 || mask.dtype != shim.dtype_bool) return false;
   const int64_t B = x.sizes[0], S = x.sizes[1], HD = x.sizes[2] / 3;
   if (num_heads <= 0 || x.sizes[2] != 3 * HD || HD % num_heads || !supported(HD / num_heads) || x.strides[2] != 1 ||
       mask.sizes[0] != B || mask.sizes[1] != S || (S > 1 && mask.strides[1] != 1))
@@ -290,23 +314,23 @@ bool check_and_allocate(const View& x, const View& mask, int64_t num_heads, bool
 }
 
 // The C shims from the float32 projection: qkv float32 [B, S, 3 H D]; returns float32 [B, S, H D].
-AOTITorchError shim_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads, bool bf16,
+AOTITorchError shim_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, int64_t num_heads, bool narrow,
                               AtenTensorHandle* ret0) {
   View x, mask;
   void* out;
   if (!view(qkv, x) || !view(key_mask, mask) || x.dtype != shim.dtype_float32 ||
-      !check_and_allocate(x, mask, num_heads, bf16, ret0, &out))
+      !check_and_allocate(x, mask, num_heads, narrow, ret0, &out))
     return AOTI_TORCH_FAILURE;
   const int64_t HD = x.sizes[2] / 3;
   attention(FloatRows{static_cast<const float*>(x.data), x.strides[0], x.strides[1]}, static_cast<const bool*>(mask.data),
-            static_cast<float*>(out), Shape{x.sizes[0], x.sizes[1], num_heads, HD / num_heads, mask.strides[0]}, bf16);
+            static_cast<float*>(out), Shape{x.sizes[0], x.sizes[1], num_heads, HD / num_heads, mask.strides[0]}, narrow);
   return AOTI_TORCH_SUCCESS;
 }
 
 // The C shims from the int32 accumulator: acc int32 [B, S, 3 H D], row_terms float32 [B, S, T]
 // and column_terms float32 [T, 3 H D], both contiguous; returns float32 [B, S, H D].
 AOTITorchError shim_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_terms, AtenTensorHandle column_terms,
-                                   AtenTensorHandle key_mask, int64_t num_heads, bool bf16, AtenTensorHandle* ret0) {
+                                   AtenTensorHandle key_mask, int64_t num_heads, bool narrow, AtenTensorHandle* ret0) {
   View x, rt, ct, mask;
   if (!view(acc, x) || !view(row_terms, rt) || !view(column_terms, ct) || !view(key_mask, mask) ||
       x.dtype != shim.dtype_int32 || rt.dtype != shim.dtype_float32 || ct.dtype != shim.dtype_float32 || x.dim != 3 ||
@@ -318,11 +342,11 @@ AOTITorchError shim_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_te
       (B > 1 && rt.strides[0] != S * T))
     return AOTI_TORCH_FAILURE;
   void* out;
-  if (!check_and_allocate(x, mask, num_heads, bf16, ret0, &out)) return AOTI_TORCH_FAILURE;
+  if (!check_and_allocate(x, mask, num_heads, narrow, ret0, &out)) return AOTI_TORCH_FAILURE;
   const Int8Rows rows{static_cast<const int32_t*>(x.data), x.strides[0], x.strides[1], static_cast<const float*>(rt.data),
                       static_cast<const float*>(ct.data), T};
   attention(rows, static_cast<const bool*>(mask.data), static_cast<float*>(out),
-            Shape{B, S, num_heads, N / 3 / num_heads, mask.strides[0]}, bf16);
+            Shape{B, S, num_heads, N / 3 / num_heads, mask.strides[0]}, narrow);
   return AOTI_TORCH_SUCCESS;
 }
 }  // namespace
@@ -335,20 +359,20 @@ AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensor
   return shim_attention(qkv, key_mask, num_heads, false, ret0);
 }
 
-// The C shim of ember::encoder_attention_bf16 (fails in a build without the bf16 variant).
-AOTITorchError aoti_torch_cpu_encoder_attention_bf16(AtenTensorHandle qkv, AtenTensorHandle key_mask,
+// The C shim of ember::encoder_attention_narrow (fails in a build without narrow products).
+AOTITorchError aoti_torch_cpu_encoder_attention_narrow(AtenTensorHandle qkv, AtenTensorHandle key_mask,
                                                      int64_t num_heads, AtenTensorHandle* ret0) {
   return shim_attention(qkv, key_mask, num_heads, true, ret0);
 }
 
-// The C shims of ember::encoder_attention_int8 and ember::encoder_attention_int8_bf16.
+// The C shims of ember::encoder_attention_int8 and ember::encoder_attention_int8_narrow.
 AOTITorchError aoti_torch_cpu_encoder_attention_int8(AtenTensorHandle acc, AtenTensorHandle row_terms,
                                                      AtenTensorHandle column_terms, AtenTensorHandle key_mask,
                                                      int64_t num_heads, AtenTensorHandle* ret0) {
   return shim_attention_int8(acc, row_terms, column_terms, key_mask, num_heads, false, ret0);
 }
 
-AOTITorchError aoti_torch_cpu_encoder_attention_int8_bf16(AtenTensorHandle acc, AtenTensorHandle row_terms,
+AOTITorchError aoti_torch_cpu_encoder_attention_int8_narrow(AtenTensorHandle acc, AtenTensorHandle row_terms,
                                                           AtenTensorHandle column_terms, AtenTensorHandle key_mask,
                                                           int64_t num_heads, AtenTensorHandle* ret0) {
   return shim_attention_int8(acc, row_terms, column_terms, key_mask, num_heads, true, ret0);

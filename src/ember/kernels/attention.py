@@ -6,17 +6,23 @@ rows it spends most of its time outside the multiply-adds. This kernel (attentio
 q . k and P V in register tiles, reads q, k, v straight from the fused projection and writes
 the result in the layout the output projection reads, so two permuted copies disappear too.
 Float32 throughout, an exact softmax: equal to SDPA within float32 rounding (tests/kernels).
-ember::encoder_attention_bf16, where the CPU has AVX512-BF16, runs the two products as bf16 pair
-dot products (float32 accumulators; a float32 softmax whose exp is a cubic, 8e-5 at worst, below
-the bf16 rounding of its weights): 1.6-1.8x at 4 x 256 tokens, for the int8 model only, whose gate
-measures it.
-ember::encoder_attention_int8 (and `_int8_bf16`) take the int8 model's fused projection before it
+ember::encoder_attention_narrow runs the two products in a narrower number type, for the int8
+model only, whose gate measures it (Kernel.narrow says which):
+- "bf16" where the CPU has AVX512-BF16: bf16 pair dot products (float32 accumulators; a float32
+  softmax whose exp is a cubic, 8e-5 at worst, below the bf16 rounding of its weights): 1.6-1.8x
+  at 4 x 256 tokens;
+- "int16" in the AVX2 build: int16 pair dot products (vpmaddwd) of values scaled per row, ~13-15
+  bits each (relative error ~2e-4, a tenth of bf16's): 0.88x the float32 op's time at 4 x 256
+  tokens on a Zen 4 held to AVX2 (the served int8 model: ~1.03x passages/s; a Zen 3's own
+  integer multiply pipes are not measured yet);
+- none on AVX-512 without BF16 (encoder_attention_narrow is not offered there).
+ember::encoder_attention_int8 (and `_int8_narrow`) take the int8 model's fused projection before it
 is scaled back to float32: its int32 accumulator, with the row and column terms that dequantize it
 (QkvAccumulator). The kernel dequantizes each row as it packs it, so the projection's float32
 output is never written and read back (4.7 MB per MiniLM layer at 4 x 256 tokens).
 
 How it is called: in eager mode through ctypes (which releases the GIL); in an AOTInductor
-package through its C shims, `aoti_torch_cpu_encoder_attention` (and `..._bf16`), which the
+package through its C shims, `aoti_torch_cpu_encoder_attention` (and `..._narrow`), which the
 package calls directly (c_shims() is handed to the build; no Python, no dispatcher). `prepare` builds or loads the library
 once per process; until it has, and where it cannot (no compiler, no AVX2, a head size that is not
 a multiple of two vectors, another dtype), `supports` is False and the model uses SDPA.
@@ -35,11 +41,11 @@ from ember.kernels import library
 
 SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention(AtenTensorHandle qkv, AtenTensorHandle key_mask, "
                     "int64_t num_heads, AtenTensorHandle* ret0)")
-BF16_SHIM_DECLARATION = SHIM_DECLARATION.replace("_encoder_attention(", "_encoder_attention_bf16(")
+NARROW_SHIM_DECLARATION = SHIM_DECLARATION.replace("_encoder_attention(", "_encoder_attention_narrow(")
 INT8_SHIM_DECLARATION = ("AOTITorchError aoti_torch_cpu_encoder_attention_int8(AtenTensorHandle acc, "
                          "AtenTensorHandle row_terms, AtenTensorHandle column_terms, AtenTensorHandle key_mask, "
                          "int64_t num_heads, AtenTensorHandle* ret0)")
-INT8_BF16_SHIM_DECLARATION = INT8_SHIM_DECLARATION.replace("_int8(", "_int8_bf16(")
+INT8_NARROW_SHIM_DECLARATION = INT8_SHIM_DECLARATION.replace("_int8(", "_int8_narrow(")
 MAX_TERMS = 16
 """Most dequantization terms (QkvAccumulator's T) the kernel takes (attention_rows.h kMaxTerms)."""
 
@@ -73,49 +79,51 @@ class Kernel:
     raw_int8: Callable[..., int]
     """ember_encoder_attention_int8, the eager entry from an int32 accumulator."""
     library: ctypes.CDLL
-    bf16: bool
-    """Whether the build has the bf16 variant (on a CPU with AVX512-BF16)."""
+    narrow: str | None
+    """The products of its narrow variant: "bf16" (a CPU with AVX512-BF16), "int16" (the AVX2
+    build) or None (AVX-512 without BF16)."""
 
     def supports(self, head_dim: int, dtype: torch.dtype) -> bool:
         return dtype == torch.float32 and 0 < head_dim <= 256 and head_dim % (2 * self.width) == 0
 
-    def run(self, qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int, bf16: bool = False) -> torch.Tensor:
-        """The op's computation (contiguous copies of non-contiguous inputs); bf16: the variant's."""
+    def run(self, qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int, narrow: bool = False) -> torch.Tensor:
+        """The op's computation (contiguous copies of non-contiguous inputs); narrow: the narrow
+        variant's."""
         qkv, key_mask = qkv.contiguous(), key_mask.contiguous()
         batch, seq, width = qkv.shape
-        head_dim = self._head_dim(width, num_heads, qkv.dtype, bf16)
+        head_dim = self._head_dim(width, num_heads, qkv.dtype, narrow)
         out = qkv.new_empty(batch, seq, width // 3)
         self.raw(qkv.data_ptr(), key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim,
-                 qkv.stride(0), qkv.stride(1), key_mask.stride(0), int(bf16))
+                 qkv.stride(0), qkv.stride(1), key_mask.stride(0), int(narrow))
         return out
 
-    def run_int8(self, x: QkvAccumulator, key_mask: torch.Tensor, num_heads: int, bf16: bool = False) -> torch.Tensor:
+    def run_int8(self, x: QkvAccumulator, key_mask: torch.Tensor, num_heads: int, narrow: bool = False) -> torch.Tensor:
         """run() on the projection's accumulator (contiguous copies of the inputs)."""
         acc, row_terms, column_terms = (t.contiguous() for t in x)
         key_mask = key_mask.contiguous()
         batch, seq, width = acc.shape
-        head_dim = self._head_dim(width, num_heads, torch.float32, bf16)
+        head_dim = self._head_dim(width, num_heads, torch.float32, narrow)
         out = torch.empty(batch, seq, width // 3)
         status = self.raw_int8(acc.data_ptr(), row_terms.data_ptr(), column_terms.data_ptr(), column_terms.shape[0],
                                key_mask.data_ptr(), out.data_ptr(), batch, seq, num_heads, head_dim, acc.stride(0),
-                               acc.stride(1), key_mask.stride(0), int(bf16))
+                               acc.stride(1), key_mask.stride(0), int(narrow))
         if status != 0:
             raise ValueError(f"the {self.isa} attention kernel refused the accumulator (status {status}: "
                              f"{column_terms.shape[0]} terms, at most {MAX_TERMS})")
         return out
 
-    def _head_dim(self, width: int, num_heads: int, dtype: torch.dtype, bf16: bool) -> int:
+    def _head_dim(self, width: int, num_heads: int, dtype: torch.dtype, narrow: bool) -> int:
         """The head size of a [.., width = 3 H D] projection, if this build runs it (else ValueError)."""
         head_dim = width // (3 * num_heads)
         if not self.supports(head_dim, dtype):
             raise ValueError(f"head size {head_dim} ({dtype}) is not supported by the {self.isa} attention kernel")
-        if bf16 and not self.bf16:
-            raise ValueError(f"the {self.isa} attention kernel has no bf16 variant (the CPU lacks AVX512-BF16)")
+        if narrow and not self.narrow:
+            raise ValueError(f"the {self.isa} attention kernel has no narrow variant (AVX-512 without BF16)")
         return head_dim
 
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
-    """The kernel built for `isa`, with its bf16 variant where the CPU has AVX512-BF16 (None if it
+    """The kernel built for `isa`, with bf16 products where the CPU has AVX512-BF16 (None if it
     cannot be built here); `exported`: its shim answers compiled graphs (library.load)."""
     if isa == library.AVX512 and {"avx512_bf16", "avx512bw"} <= library.cpu_flags():
         isa = library.AVX512_BF16
@@ -129,7 +137,8 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) 
     raw_int8.restype = ctypes.c_int32
     raw_int8.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 7 + [
         ctypes.c_int32]
-    return Kernel(isa.name, isa.width, raw, raw_int8, lib, bool(lib.ember_attention_has_bf16()))
+    narrow = {0: None, 1: "bf16", 2: "int16"}[lib.ember_attention_narrow_products()]
+    return Kernel(isa.name, isa.width, raw, raw_int8, lib, narrow)
 
 
 _process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
@@ -148,11 +157,11 @@ def mode() -> str:
     return f"ember-{_process.kernel.isa}" if _process.kernel is not None else "sdpa"
 
 
-def supports(head_dim: int, dtype: torch.dtype, bf16: bool = False) -> bool:
-    """Whether encoder_attention (bf16: encoder_attention_bf16) runs in the kernel for this head
-    size and dtype."""
+def supports(head_dim: int, dtype: torch.dtype, narrow: bool = False) -> bool:
+    """Whether encoder_attention (narrow: encoder_attention_narrow) runs in the kernel for this
+    head size and dtype."""
     kernel = _process.kernel
-    return kernel is not None and kernel.supports(head_dim, dtype) and (kernel.bf16 or not bf16)
+    return kernel is not None and kernel.supports(head_dim, dtype) and (kernel.narrow is not None or not narrow)
 
 
 def c_shims() -> dict[object, list[str]]:
@@ -162,9 +171,9 @@ def c_shims() -> dict[object, list[str]]:
         return {}
     shims = {torch.ops.ember.encoder_attention.default: [SHIM_DECLARATION],
              torch.ops.ember.encoder_attention_int8.default: [INT8_SHIM_DECLARATION]}
-    if kernel.bf16:
-        shims[torch.ops.ember.encoder_attention_bf16.default] = [BF16_SHIM_DECLARATION]
-        shims[torch.ops.ember.encoder_attention_int8_bf16.default] = [INT8_BF16_SHIM_DECLARATION]
+    if kernel.narrow:
+        shims[torch.ops.ember.encoder_attention_narrow.default] = [NARROW_SHIM_DECLARATION]
+        shims[torch.ops.ember.encoder_attention_int8_narrow.default] = [INT8_NARROW_SHIM_DECLARATION]
     return shims
 
 
@@ -223,17 +232,17 @@ def _fake(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Te
 encoder_attention.register_fake(_fake)
 
 
-@torch.library.custom_op("ember::encoder_attention_bf16", mutates_args=())
-def encoder_attention_bf16(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """encoder_attention with q.k and P.V as bf16 dot products (float32 accumulators, scores and
-    softmax): half the instructions, ~3 significant digits per product. For the int8 model, whose
-    gate measures it (runner/int8); only where the CPU has AVX512-BF16 (supports(..., bf16=True))."""
+@torch.library.custom_op("ember::encoder_attention_narrow", mutates_args=())
+def encoder_attention_narrow(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """encoder_attention with q.k and P.V as bf16 or int16 pair dot products (Kernel.narrow;
+    float32 accumulators, scores and softmax): half the multiply instructions. For the int8 model,
+    whose gate measures it (runner/int8); only where the build has them (supports(..., narrow=True))."""
     _check(qkv, key_mask, num_heads)
     _check_rows(qkv, key_mask)
-    return _kernel("encoder_attention_bf16").run(qkv, key_mask, num_heads, bf16=True)
+    return _kernel("encoder_attention_narrow").run(qkv, key_mask, num_heads, narrow=True)
 
 
-encoder_attention_bf16.register_fake(_fake)
+encoder_attention_narrow.register_fake(_fake)
 
 
 @torch.library.custom_op("ember::encoder_attention_int8", mutates_args=())
@@ -256,14 +265,14 @@ def _fake_int8(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.T
 encoder_attention_int8.register_fake(_fake_int8)
 
 
-@torch.library.custom_op("ember::encoder_attention_int8_bf16", mutates_args=())
-def encoder_attention_int8_bf16(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor,
-                                key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """encoder_attention_int8 with encoder_attention_bf16's products."""
+@torch.library.custom_op("ember::encoder_attention_int8_narrow", mutates_args=())
+def encoder_attention_int8_narrow(acc: torch.Tensor, row_terms: torch.Tensor, column_terms: torch.Tensor,
+                                  key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """encoder_attention_int8 with encoder_attention_narrow's products."""
     _check_int8(acc, row_terms, column_terms, key_mask, num_heads)
     _check_rows(acc, key_mask)
-    return _kernel("encoder_attention_int8_bf16").run_int8(QkvAccumulator(acc, row_terms, column_terms), key_mask,
-                                                            num_heads, bf16=True)
+    return _kernel("encoder_attention_int8_narrow").run_int8(QkvAccumulator(acc, row_terms, column_terms), key_mask,
+                                                              num_heads, narrow=True)
 
 
-encoder_attention_int8_bf16.register_fake(_fake_int8)
+encoder_attention_int8_narrow.register_fake(_fake_int8)

@@ -104,9 +104,9 @@ class EncoderLayer(nn.Module):
     ATTENTION_INPUT = "qkv"
     """The fused q/k/v projection, which forward hands straight to encoder_attention: an int8
     projection may hand it its accumulator instead (runner/int8/linear.py)."""
-    attention_bf16 = False
-    """Attention's products in bf16 where the CPU has them: set by the int8 model (runner/int8),
-    whose gate measures it; float models keep float32."""
+    attention_narrow = False
+    """Attention's products in bf16 or int16 where the kernel has them (kernels/attention.py): set
+    by the int8 model (runner/int8), whose gate measures it; float models keep float32."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -121,7 +121,7 @@ class EncoderLayer(nn.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]()
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask, bf16=self.attention_bf16)
+        attn = encoder_attention(self.qkv(x), self.num_heads, attn_mask, narrow=self.attention_narrow)
         x = self.attn_norm(x + self.attn_out(attn))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
 

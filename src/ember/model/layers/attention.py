@@ -14,7 +14,7 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def encoder_attention(
-    qkv: torch.Tensor | attention_kernel.QkvAccumulator, num_heads: int, attn_mask: torch.Tensor, bf16: bool = False
+    qkv: torch.Tensor | attention_kernel.QkvAccumulator, num_heads: int, attn_mask: torch.Tensor, narrow: bool = False
 ) -> torch.Tensor:
     """Self-attention from a fused projection.
 
@@ -23,8 +23,8 @@ def encoder_attention(
             accumulator of it (runner/int8/linear.py), which the kernel dequantizes as it reads.
         num_heads: attention heads.
         attn_mask: [batch, 1, 1, seq] bool key mask.
-        bf16: q.k and P.V as bf16 dot products where the kernel has them (the int8 model's
-            choice, which its gate measures); float32 elsewhere.
+        narrow: q.k and P.V as bf16 or int16 dot products where the kernel has them (the int8
+            model's choice, which its gate measures); float32 elsewhere.
 
     Returns:
         [batch, seq, hidden] attention output before the output projection.
@@ -39,11 +39,11 @@ def encoder_attention(
     float_rows = accumulated is not None or qkv.dtype == torch.float32
     if attention_kernel.supports(head_dim, torch.float32) and key_mask_only and float_rows:
         key_mask = attn_mask[:, 0, 0, :]
-        bf16 = bf16 and attention_kernel.supports(head_dim, torch.float32, bf16=True)
+        narrow = narrow and attention_kernel.supports(head_dim, torch.float32, narrow=True)
         if accumulated is not None:
-            op = torch.ops.ember.encoder_attention_int8_bf16 if bf16 else torch.ops.ember.encoder_attention_int8
+            op = torch.ops.ember.encoder_attention_int8_narrow if narrow else torch.ops.ember.encoder_attention_int8
             return op(*accumulated, key_mask, num_heads)
-        op = torch.ops.ember.encoder_attention_bf16 if bf16 else torch.ops.ember.encoder_attention
+        op = torch.ops.ember.encoder_attention_narrow if narrow else torch.ops.ember.encoder_attention
         return op(qkv, key_mask, num_heads)
     if accumulated is not None:
         qkv = accumulated.dequantize()

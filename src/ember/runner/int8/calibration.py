@@ -150,8 +150,8 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
     runs, each feeds a linear; the heads keep theirs, as they keep float32 linears), then links
     the feed-forward blocks that can run their middle in one op (link_feed_forwards) and the q/k/v
     projections that can hand their attention the accumulator (link_attention_inputs). Returns how
-    many linears were replaced. Layers that declare `attention_bf16` run their attention's products
-    in bf16 where the CPU has them (kernels/attention.py); the gate measures that too."""
+    many linears were replaced. Layers that declare `attention_narrow` run their attention's products
+    in bf16 or int16 where the kernel has them (kernels/attention.py); the gate measures that too."""
     replaced = 0
     for parent, child_name, name, child in _children(model):
         if isinstance(child, nn.Linear) and (new := make(name, child)) is not None:
@@ -161,9 +161,9 @@ def swap_to_int8(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module | 
             setattr(parent, child_name, RationalGELU())
     link_feed_forwards(model)
     link_attention_inputs(model)
-    for module in model.modules():  # layers that can run attention in bf16 do so in the int8 model
-        if hasattr(type(module), "attention_bf16"):
-            module.attention_bf16 = True
+    for module in model.modules():  # layers that can run narrow attention do so in the int8 model
+        if hasattr(type(module), "attention_narrow"):
+            module.attention_narrow = True
     return replaced
 
 

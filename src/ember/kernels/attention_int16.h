@@ -1,0 +1,204 @@
+// The int16 variant of attention.cpp (the AVX2 build), included by it after the float32 tiles and
+// softmax it shares (QB, KB, softmax_rows) and the row sources.
+//
+// AVX2 has no bf16 dot product, but vpmaddwd multiplies int16 pairs into int32 sums at twice the
+// rate of float32 FMAs (and its adds run on all four vector pipes, not only the two FMA ones).
+// q.k and P.V become pair dot products of int16 values, each row scaled to its own range:
+// - q (already times 1 / sqrt(D)) and k per row of a head, to +-kRange(D), where D products of
+//   two such values cannot overflow int32: score = acc * sq[i] * sk[j];
+// - v per key row, its scale folded into the softmax numerators: p'[j] = exp(s[j] - top) * sv[j],
+//   so that out[i] = sum_j p'[j] v16[j] / sum_j exp(s[j] - top);
+// - p' per query row, to a scale sp at which the row's sum of |p16| times kValueRange fits int32
+//   (and no p16 exceeds 32767): a flat row of many keys gets fewer levels per weight, a peaked row
+//   (most of them) nearly 15 bits for its few large weights.
+// Each value is rounded once to a grid of 2^13 levels or finer (D = 32): below bf16's 2^8
+// mantissa, so the relative error of the result is ~1e-4 where the bf16 variant's is ~2e-3. Only
+// the int8 model calls it, whose gate measures the whole model (runner/int8). Pairs run along the
+// reduced dimension, as in the bf16 variant: (q[2t], q[2t+1]) . (k[2t], k[2t+1]) for the scores,
+// (p[2j], p[2j+1]) . (v[2j][d], v[2j+1][d]) for P.V; a uint32 holds a pair, the lower index low.
+#pragma once
+
+namespace {
+
+typedef int16_t H16 __attribute__((vector_size(32)));
+typedef uint32_t VP __attribute__((vector_size(32), aligned(4)));  // 8 pairs of int16
+typedef int64_t Q4 __attribute__((vector_size(32)));
+
+constexpr int32_t kValueRange = 8191;  // |v16| <= this: 2 * 32767 * 8191 per pair fits int32
+constexpr int64_t kMaxInt16Keys = 65536;  // longer rows run in float32 (p16's budget shrinks with the keys)
+
+// The largest |q16| = |k16| for head size D: D * range^2 < 2^31.
+inline int32_t key_range(int64_t D) {
+  int32_t r = 1;
+  while (static_cast<int64_t>(r + 1) * (r + 1) * D < (int64_t{1} << 31)) ++r;
+  return r < 32767 ? r : 32767;
+}
+
+inline VP load_pairs(const uint32_t* p) { return *reinterpret_cast<const VP*>(p); }
+inline VP splat_pair(uint32_t x) { return (VP{} + 1) * x; }
+inline VI madd_pairs(VI acc, VP a, VP b) { return acc + (VI)__builtin_ia32_pmaddwd256((H16)a, (H16)b); }
+inline VI round_to_int(VT x) { return (VI)__builtin_ia32_cvtps2dq256(x); }  // to nearest (MXCSR's default)
+inline VT to_float(VI x) { return __builtin_convertvector(x, VT); }
+
+// 16 int32 values (each in -32768..32767) -> 16 int16 in order, as 8 pairs: vpackssdw works per
+// 128-bit lane, vpermq puts the lanes back in order.
+inline VP to_pairs(VI lo, VI hi) {
+  const Q4 packed = (Q4)__builtin_ia32_packssdw256((VI)lo, (VI)hi);
+  return (VP)__builtin_shufflevector(packed, packed, 0, 2, 1, 3);
+}
+
+inline float largest_magnitude(const float* x, int64_t n) {  // n a multiple of W
+  VT m = {};
+  for (int64_t i = 0; i < n; i += W) {
+    const VT v = load(x + i);
+    const VT a = v < 0 ? -v : v;
+    m = a > m ? a : m;
+  }
+  return largest_lane(m);
+}
+
+// n floats (a multiple of 2 W) times inv, rounded, as n / 2 pairs in order.
+inline void quantize_pairs(const float* x, int64_t n, float inv, uint32_t* out) {
+  for (int64_t i = 0; i < n; i += 2 * W)
+    *reinterpret_cast<VP*>(out + i / 2) = to_pairs(round_to_int(load(x + i) * inv), round_to_int(load(x + i + W) * inv));
+}
+
+// score_tile on int16 pairs: blk is one block of K^T as [D / 2][KB] pairs, qs [QB][D / 2] pairs,
+// q_scale [QB] and key_scale [NV * W] the rows' scales.
+template <int NV>
+inline void score_tile_int16(const uint32_t* blk, const uint32_t* qs, const float* q_scale, const float* key_scale,
+                             int64_t D2, const float* bias, float* sc, int64_t Lp, VT* top) {
+  VI acc[QB][NV] = {};
+  for (int64_t d = 0; d < D2; ++d) {
+    VP kv[NV];
+    for (int v = 0; v < NV; ++v) kv[v] = load_pairs(blk + d * KB + v * W);
+    for (int r = 0; r < QB; ++r) {
+      const VP qd = splat_pair(qs[r * D2 + d]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = madd_pairs(acc[r][v], qd, kv[v]);
+    }
+  }
+  for (int r = 0; r < QB; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const VT x = to_float(acc[r][v]) * (load(key_scale + v * W) * q_scale[r]) + load(bias + v * W);
+      store(sc + r * Lp + v * W, x);
+      top[r] = x > top[r] ? x : top[r];
+    }
+}
+
+// The QB score rows' softmax numerators (Lp keys, given each row's running maximum) times each
+// key's value scale, as int16 pairs along the keys into pp (Lp / 2 per row); p_scale[r] the row's
+// scale and inv[r] 1 / (the sum of its numerators).
+inline void softmax_rows_to_pairs(float* sc, int64_t Lp, const VT* row_top, const float* value_scale, uint32_t* pp,
+                                  float* p_scale, float* inv) {
+  for (int r = 0; r < QB; ++r) {
+    float* s = sc + r * Lp;
+    const float row_max = largest_lane(row_top[r]);
+    VT sum = {}, weighted = {}, top = {};
+    for (int64_t j = 0; j < Lp; j += W) {
+      const VT e = exp_nonpositive(load(s + j) - row_max);
+      sum += e;
+      const VT p = e * load(value_scale + j);
+      store(s + j, p);
+      weighted += p;
+      top = p > top ? p : top;
+    }
+    inv[r] = inverse_of_sum(sum);
+    float total = 0.0f;
+    for (int k = 0; k < W; ++k) total += weighted[k];
+    // sum_j |p16| <= total / scale + Lp / 2 (rounding): keep that times kValueRange under 2^31.
+    const float budget = static_cast<float>((int64_t{1} << 31) / kValueRange - Lp);
+    float scale = total / budget;
+    const float peak = largest_lane(top) / 32767.0f;
+    scale = scale > peak ? scale : peak;
+    p_scale[r] = scale;
+    quantize_pairs(s, Lp, scale > 0.0f ? 1.0f / scale : 0.0f, pp + r * (Lp / 2));
+  }
+}
+
+// attend_head on int16 pairs: q [L][D / 2] (scaled) with q_scale [L], k^T [Lk / KB][D / 2][KB]
+// with key_scale [Lk], v [Lk / 2][D] with value_scale [Lk] (0 past L).
+void attend_head_int16(const uint32_t* q, const float* q_scale, const uint32_t* kt, const float* key_scale,
+                       const uint32_t* vv, const float* value_scale, const float* bias, int64_t L, int64_t D,
+                       float* out, int64_t out_stride, Scratch<float>& scratch, Scratch<uint32_t>& probs) {
+  const int64_t Lp = (L + 2 * W - 1) / (2 * W) * (2 * W), D2 = D / 2, Lp2 = Lp / 2;  // keys: whole pair vectors
+  float* sc = scratch.reserve(QB * Lp);
+  uint32_t* pp = probs.reserve(QB * Lp2);
+  uint32_t qs[QB * 128];
+  float qsc[QB];
+  for (int64_t ib = 0; ib < L; ib += QB) {
+    const int64_t rows = min_of<int64_t>(QB, L - ib);
+    for (int r = 0; r < QB; ++r) {
+      const int64_t i = ib + min_of<int64_t>(r, rows - 1);
+      for (int64_t d = 0; d < D2; ++d) qs[r * D2 + d] = q[i * D2 + d];
+      qsc[r] = q_scale[i];
+    }
+    VT top[QB];
+    for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
+    for (int64_t j = 0; j < Lp; j += KB) {
+      if (j + KB <= Lp) score_tile_int16<JV>(kt + (j / KB) * D2 * KB, qs, qsc, key_scale + j, D2, bias + j, &sc[j], Lp, top);
+      else score_tile_int16<1>(kt + (j / KB) * D2 * KB, qs, qsc, key_scale + j, D2, bias + j, &sc[j], Lp, top);
+    }
+    float inv[QB], p_scale[QB];
+    softmax_rows_to_pairs(sc, Lp, top, value_scale, pp, p_scale, inv);
+    const int64_t pairs = (L + 1) / 2;
+    for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {
+      VI a0[QB] = {}, a1[QB] = {};
+      for (int64_t i = 0; i < pairs; ++i) {
+        const VP v0 = load_pairs(vv + i * D + d0), v1 = load_pairs(vv + i * D + d0 + W);
+        for (int r = 0; r < QB; ++r) {
+          const VP p = splat_pair(pp[r * Lp2 + i]);
+          a0[r] = madd_pairs(a0[r], p, v0);
+          a1[r] = madd_pairs(a1[r], p, v1);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        float* o = out + (ib + r) * out_stride + d0;
+        const float f = p_scale[r] * inv[r];
+        store(o, to_float(a0[r]) * f);
+        store(o + W, to_float(a1[r]) * f);
+      }
+    }
+  }
+}
+
+// Packs one task's q (scaled), k^T and v as int16 pairs (attend_head_int16's layout) with their
+// rows' scales: q [L][D / 2] and k^T blocks [D / 2][KB] paired along d, v [Lk / 2][D] paired
+// along the keys (row j is the low half when j is even). kt and vv must be zero-filled.
+template <class Rows>
+void pack_int16(const Rows& rows, int64_t b, float* row_buf, const bool* mask, const Shape& s, int64_t h0, int64_t GH,
+                int64_t L, int64_t Lk, float scale, uint32_t* qp, float* q_scale, uint32_t* kt, float* key_scale,
+                uint32_t* vv, float* value_scale, float* bias) {
+  const int64_t D = s.D, D2 = s.D / 2, HD = s.H * s.D;
+  const float range = static_cast<float>(key_range(D));
+  alignas(32) float scaled[256];
+  alignas(32) uint32_t kp[128];
+  for (int64_t j = 0; j < L; ++j) {
+    bias[j] = mask[j] ? 0.0f : -kInf;
+    const float* row = rows.row(b, j, h0, GH, s, row_buf);
+    const int shift = (j % 2) * 16;
+    for (int64_t g = 0; g < GH; ++g) {
+      const float* q = row + (h0 + g) * D;
+      const float* k = q + HD;
+      const float* v = k + HD;
+      for (int64_t d = 0; d < D; d += W) store(scaled + d, load(q + d) * scale);
+      const float q_top = largest_magnitude(scaled, D);
+      q_scale[g * L + j] = q_top / range;
+      quantize_pairs(scaled, D, q_top > 0.0f ? range / q_top : 0.0f, &qp[(g * L + j) * D2]);
+      const float k_top = largest_magnitude(k, D);
+      key_scale[g * Lk + j] = k_top / range;
+      quantize_pairs(k, D, k_top > 0.0f ? range / k_top : 0.0f, kp);
+      uint32_t* block = &kt[g * D2 * Lk + (j / KB) * D2 * KB + j % KB];
+      for (int64_t t = 0; t < D2; ++t) block[t * KB] = kp[t];
+      const float v_top = largest_magnitude(v, D);
+      value_scale[g * Lk + j] = v_top / kValueRange;
+      const VT v_inv = splat(v_top > 0.0f ? kValueRange / v_top : 0.0f);
+      uint32_t* vd = &vv[(g * Lk / 2 + j / 2) * D];
+      for (int64_t d = 0; d < D; d += W) {
+        const VP bits = (VP)round_to_int(load(v + d) * v_inv) & 0xFFFFu;
+        *reinterpret_cast<VP*>(vd + d) |= bits << shift;
+      }
+    }
+  }
+}
+
+}  // namespace
