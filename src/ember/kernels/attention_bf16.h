@@ -30,6 +30,18 @@ inline uint32_t bf16_bits(float x) {  // round to nearest even, as vcvtne2ps2bf1
 }
 inline uint32_t pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
 
+struct Bf16Products {  // attention_pairs.h's Products
+  typedef VT Acc;
+  static VT dot(VT acc, VP a, VP b) { return dot_pairs(acc, a, b); }
+  static VT value(VT acc) { return acc; }
+};
+
+}  // namespace
+
+#include "attention_pairs.h"  // pairs_times_values
+
+namespace {
+
 // The softmax of the bf16 variant. Its numerators are rounded to bf16 for P.V (a relative error
 // of up to 2^-9), so 2^t needs only a cubic on the fraction (relative error < 8e-5): with the
 // rounding and the power of two in one instruction each (vrndscaleps, vscalefps), a numerator
@@ -117,23 +129,7 @@ void attend_head_bf16(const uint32_t* q, const uint32_t* kt, const uint32_t* vv,
     for (int64_t j = 0; j < Lp; j += KB) score_tile_bf16<JV>(kt + (j / KB) * D2 * KB, qs, D2, bias + j, &sc[j], Lp, top);
     float inv[QB];
     softmax_rows_to_pairs(sc, Lp, top, pp, inv);
-    const int64_t pairs = (L + 1) / 2;
-    for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {
-      VT a0[QB] = {}, a1[QB] = {};
-      for (int64_t i = 0; i < pairs; ++i) {
-        const VP v0 = load_pairs(vv + i * D + d0), v1 = load_pairs(vv + i * D + d0 + W);
-        for (int r = 0; r < QB; ++r) {
-          const VP p = splat_pair(pp[r * Lp2 + i]);
-          a0[r] = dot_pairs(a0[r], p, v0);
-          a1[r] = dot_pairs(a1[r], p, v1);
-        }
-      }
-      for (int r = 0; r < rows; ++r) {
-        float* o = out + (ib + r) * out_stride + d0;
-        store(o, a0[r] * inv[r]);
-        store(o + W, a1[r] * inv[r]);
-      }
-    }
+    pairs_times_values<Bf16Products>(pp, Lp2, vv, (L + 1) / 2, D, ib, rows, inv, out, out_stride);
   }
 }
 

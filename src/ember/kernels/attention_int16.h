@@ -40,6 +40,18 @@ inline VI madd_pairs(VI acc, VP a, VP b) { return acc + (VI)__builtin_ia32_pmadd
 inline VI round_to_int(VT x) { return (VI)__builtin_ia32_cvtps2dq256(x); }  // to nearest (MXCSR's default)
 inline VT to_float(VI x) { return __builtin_convertvector(x, VT); }
 
+struct Int16Products {  // attention_pairs.h's Products
+  typedef VI Acc;
+  static VI dot(VI acc, VP a, VP b) { return madd_pairs(acc, a, b); }
+  static VT value(VI acc) { return to_float(acc); }
+};
+
+}  // namespace
+
+#include "attention_pairs.h"  // pairs_times_values
+
+namespace {
+
 // 16 int32 values (each in -32768..32767) -> 16 int16 in order, as 8 pairs: vpackssdw works per
 // 128-bit lane, vpermq puts the lanes back in order.
 inline VP to_pairs(VI lo, VI hi) {
@@ -140,24 +152,9 @@ void attend_head_int16(const uint32_t* q, const float* q_scale, const uint32_t* 
     }
     float inv[QB], p_scale[QB];
     softmax_rows_to_pairs(sc, Lp, top, value_scale, pp, p_scale, inv);
-    const int64_t pairs = (L + 1) / 2;
-    for (int64_t d0 = 0; d0 < D; d0 += 2 * W) {
-      VI a0[QB] = {}, a1[QB] = {};
-      for (int64_t i = 0; i < pairs; ++i) {
-        const VP v0 = load_pairs(vv + i * D + d0), v1 = load_pairs(vv + i * D + d0 + W);
-        for (int r = 0; r < QB; ++r) {
-          const VP p = splat_pair(pp[r * Lp2 + i]);
-          a0[r] = madd_pairs(a0[r], p, v0);
-          a1[r] = madd_pairs(a1[r], p, v1);
-        }
-      }
-      for (int r = 0; r < rows; ++r) {
-        float* o = out + (ib + r) * out_stride + d0;
-        const float f = p_scale[r] * inv[r];
-        store(o, to_float(a0[r]) * f);
-        store(o + W, to_float(a1[r]) * f);
-      }
-    }
+    float factor[QB];
+    for (int r = 0; r < QB; ++r) factor[r] = p_scale[r] * inv[r];
+    pairs_times_values<Int16Products>(pp, Lp2, vv, (L + 1) / 2, D, ib, rows, factor, out, out_stride);
   }
 }
 
