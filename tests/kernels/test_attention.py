@@ -71,6 +71,14 @@ def test_the_bf16_variant_is_within_bf16_rounding_of_float64(tmp_path, batch, se
     bf16's (~3 digits per product), not a wrong layout (which would be of the output's size)."""
     kernel = attention.load_kernel(library.vector_isa(), str(tmp_path))
     assert kernel is not None and kernel.narrow == "bf16"
+    _check_narrow_against_float64(kernel, batch, seq, heads, head_dim, relative=1e-2, largest=0.05)
+
+
+def _check_narrow_against_float64(kernel: attention.Kernel, batch: int, seq: int, heads: int, head_dim: int, *,
+                                  relative: float, largest: float) -> None:
+    """The kernel's narrow variant on random rows (odd key counts, a dropped key, padded rows)
+    within `relative` (of each row's norm) and `largest` (any value) of float64 attention, zeros
+    past each row's last kept key, and not the float32 variant's result (the narrow products ran)."""
     gen = torch.Generator().manual_seed(batch * seq + head_dim)
     qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
     lengths = [max(1, seq - 7 * b) for b in range(batch)]
@@ -80,9 +88,9 @@ def test_the_bf16_variant_is_within_bf16_rounding_of_float64(tmp_path, batch, se
     ours, exact = kernel.run(qkv, key_mask, heads, narrow=True), _sdpa(qkv.double(), key_mask, heads)
     for b, length in enumerate(lengths):
         error = ours[b, :length].double() - exact[b, :length]
-        assert error.norm() <= 1e-2 * exact[b, :length].norm() and error.abs().max() <= 0.05
+        assert error.norm() <= relative * exact[b, :length].norm() and error.abs().max() <= largest
         assert not ours[b, length:].any(), "rows past the last kept key are zeros"
-    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), "the bf16 products ran"
+    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), f"the {kernel.narrow} products ran"
 
 
 def _bf16_operands_reference(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor:
@@ -131,18 +139,7 @@ def test_the_int16_variant_is_within_its_rounding_of_float64(tmp_path, batch, se
     (an error of the output's size) cannot pass, and the int16 products did run."""
     kernel = attention.load_kernel(library.AVX2, str(tmp_path))
     assert kernel is not None and kernel.narrow == "int16"
-    gen = torch.Generator().manual_seed(batch * seq + head_dim)
-    qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
-    lengths = [max(1, seq - 7 * b) for b in range(batch)]
-    key_mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
-    if seq > 5:
-        key_mask[0, 2] = False
-    ours, exact = kernel.run(qkv, key_mask, heads, narrow=True), _sdpa(qkv.double(), key_mask, heads)
-    for b, length in enumerate(lengths):
-        error = ours[b, :length].double() - exact[b, :length]
-        assert error.norm() <= 1e-3 * exact[b, :length].norm() and error.abs().max() <= 5e-3
-        assert not ours[b, length:].any(), "rows past the last kept key are zeros"
-    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), "the int16 products ran"
+    _check_narrow_against_float64(kernel, batch, seq, heads, head_dim, relative=1e-3, largest=5e-3)
 
 
 @pytest.mark.parametrize("case", ["flat", "peaked", "zeros"])
