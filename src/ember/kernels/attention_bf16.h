@@ -34,6 +34,7 @@ struct Bf16Products {  // attention_pairs.h's Products
   typedef VT Acc;
   static VT dot(VT acc, VP a, VP b) { return dot_pairs(acc, a, b); }
   static VT value(VT acc) { return acc; }
+  static constexpr bool kScaled = false;
 };
 
 }  // namespace
@@ -90,27 +91,6 @@ inline void softmax_rows_to_pairs(const float* sc, int64_t Lp, const VT* row_top
   }
 }
 
-// score_tile on pairs: blk is one block of K^T as [D / 2][KB] pairs, qs [QB][D / 2] pairs.
-template <int NV>
-inline void score_tile_bf16(const uint32_t* blk, const uint32_t* qs, int64_t D2, const float* bias, float* sc,
-                            int64_t Lp, VT* top) {
-  VT acc[QB][NV] = {};
-  for (int64_t d = 0; d < D2; ++d) {
-    VP kv[NV];
-    for (int v = 0; v < NV; ++v) kv[v] = load_pairs(blk + d * KB + v * W);
-    for (int r = 0; r < QB; ++r) {
-      const VP qd = splat_pair(qs[r * D2 + d]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = dot_pairs(acc[r][v], qd, kv[v]);
-    }
-  }
-  for (int r = 0; r < QB; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const VT x = acc[r][v] + load(bias + v * W);
-      store(sc + r * Lp + v * W, x);
-      top[r] = x > top[r] ? x : top[r];
-    }
-}
-
 // attend_head on pairs: q [L][D / 2] (scaled), k^T [Lk / KB][D / 2][KB], v [Lk / 2][D] pairs.
 void attend_head_bf16(const uint32_t* q, const uint32_t* kt, const uint32_t* vv, const float* bias, int64_t L,
                       int64_t D, float* out, int64_t out_stride, Scratch<float>& scratch, Scratch<uint32_t>& probs) {
@@ -126,7 +106,7 @@ void attend_head_bf16(const uint32_t* q, const uint32_t* kt, const uint32_t* vv,
     }
     VT top[QB];
     for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
-    for (int64_t j = 0; j < Lp; j += KB) score_tile_bf16<JV>(kt + (j / KB) * D2 * KB, qs, D2, bias + j, &sc[j], Lp, top);
+    for (int64_t j = 0; j < Lp; j += KB) score_tile_pairs<Bf16Products>(kt + (j / KB) * D2 * KB, qs, D2, nullptr, nullptr, bias + j, &sc[j], Lp, top);
     float inv[QB];
     softmax_rows_to_pairs(sc, Lp, top, pp, inv);
     pairs_times_values<Bf16Products>(pp, Lp2, vv, (L + 1) / 2, D, ib, rows, inv, out, out_stride);

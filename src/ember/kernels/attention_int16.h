@@ -44,6 +44,7 @@ struct Int16Products {  // attention_pairs.h's Products
   typedef VI Acc;
   static VI dot(VI acc, VP a, VP b) { return madd_pairs(acc, a, b); }
   static VT value(VI acc) { return to_float(acc); }
+  static constexpr bool kScaled = true;
 };
 
 }  // namespace
@@ -73,28 +74,6 @@ inline float largest_magnitude(const float* x, int64_t n) {  // n a multiple of 
 inline void quantize_pairs(const float* x, int64_t n, float inv, uint32_t* out) {
   for (int64_t i = 0; i < n; i += 2 * W)
     *reinterpret_cast<VP*>(out + i / 2) = to_pairs(round_to_int(load(x + i) * inv), round_to_int(load(x + i + W) * inv));
-}
-
-// score_tile on int16 pairs: blk is one block of K^T as [D / 2][KB] pairs, qs [QB][D / 2] pairs,
-// q_scale [QB] and key_scale [NV * W] the rows' scales.
-template <int NV>
-inline void score_tile_int16(const uint32_t* blk, const uint32_t* qs, const float* q_scale, const float* key_scale,
-                             int64_t D2, const float* bias, float* sc, int64_t Lp, VT* top) {
-  VI acc[QB][NV] = {};
-  for (int64_t d = 0; d < D2; ++d) {
-    VP kv[NV];
-    for (int v = 0; v < NV; ++v) kv[v] = load_pairs(blk + d * KB + v * W);
-    for (int r = 0; r < QB; ++r) {
-      const VP qd = splat_pair(qs[r * D2 + d]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = madd_pairs(acc[r][v], qd, kv[v]);
-    }
-  }
-  for (int r = 0; r < QB; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const VT x = to_float(acc[r][v]) * (load(key_scale + v * W) * q_scale[r]) + load(bias + v * W);
-      store(sc + r * Lp + v * W, x);
-      top[r] = x > top[r] ? x : top[r];
-    }
 }
 
 // The QB score rows' softmax numerators (Lp keys, given each row's running maximum) times each
@@ -146,10 +125,8 @@ void attend_head_int16(const uint32_t* q, const float* q_scale, const uint32_t* 
     }
     VT top[QB];
     for (int r = 0; r < QB; ++r) top[r] = splat(-kInf);
-    for (int64_t j = 0; j < Lp; j += KB) {
-      if (j + KB <= Lp) score_tile_int16<JV>(kt + (j / KB) * D2 * KB, qs, qsc, key_scale + j, D2, bias + j, &sc[j], Lp, top);
-      else score_tile_int16<1>(kt + (j / KB) * D2 * KB, qs, qsc, key_scale + j, D2, bias + j, &sc[j], Lp, top);
-    }
+    for (int64_t j = 0; j < Lp; j += KB)  // Lp: whole blocks of KB = 2 W keys
+      score_tile_pairs<Int16Products>(kt + (j / KB) * D2 * KB, qs, D2, qsc, key_scale + j, bias + j, &sc[j], Lp, top);
     float inv[QB], p_scale[QB];
     softmax_rows_to_pairs(sc, Lp, top, value_scale, pp, p_scale, inv);
     float factor[QB];
