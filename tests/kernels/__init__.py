@@ -16,8 +16,21 @@ RUNS_INT8_MM = library.vector_isa() == library.AVX512 and {"avx512_vnni", "avx51
 
 
 def attention_isa() -> library.VectorIsa | None:
-    """The build of the attention kernel this CPU gets: with the bf16 variant where it has AVX512-BF16."""
+    """The build of the attention kernel this CPU gets: with bf16 products where it has
+    AVX512-BF16, else int16 ones where it has AVX512-VNNI."""
     isa = library.vector_isa()
     if isa == library.AVX512 and {"avx512_bf16", "avx512bw"} <= library.cpu_flags():
         return library.AVX512_BF16
+    if isa == library.AVX512 and {"avx512_vnni", "avx512bw"} <= library.cpu_flags():
+        return library.AVX512_VNNI
     return isa
+
+
+def int16_attention_builds() -> list[library.VectorIsa]:
+    """The builds of the attention kernel with int16 products this CPU can run: AVX2 on every x86
+    CPU here, AVX512-VNNI where it has that (the build a CPU without AVX512-BF16 gets)."""
+    isa = library.vector_isa()
+    builds = [library.AVX2] if isa is not None else []
+    if isa == library.AVX512 and {"avx512_vnni", "avx512bw"} <= library.cpu_flags():
+        builds.append(library.AVX512_VNNI)
+    return builds

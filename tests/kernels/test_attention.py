@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ember import LLM
 from ember.kernels import attention, library
 from tests.conftest import check_close, transformers_pooled
-from tests.kernels import attention_isa, builds
+from tests.kernels import attention_isa, builds, int16_attention_builds
 from tests.texts import varied_texts
 from tests.tiny_models import build_tiny_bert
 
@@ -37,7 +37,8 @@ def test_this_cpu_gets_the_kernel_of_its_widest_isa(tmp_path):
     assert attention.prepare(str(tmp_path)) == f"ember-{isa.name}"
     assert attention.supports(32, torch.float32) and not attention.supports(32, torch.bfloat16)
     assert not attention.supports(8, torch.float32)  # below two vectors: SDPA
-    assert attention.supports(32, torch.float32, narrow=True) == (isa in (library.AVX512_BF16, library.AVX2))
+    assert attention.supports(32, torch.float32, narrow=True) == (
+        isa in (library.AVX512_BF16, library.AVX512_VNNI, library.AVX2))
 
 
 @pytest.mark.parametrize("isa", builds(), ids=lambda isa: isa.name)
@@ -78,7 +79,8 @@ def _check_narrow_against_float64(kernel: attention.Kernel, batch: int, seq: int
                                   relative: float, largest: float) -> None:
     """The kernel's narrow variant on random rows (odd key counts, a dropped key, padded rows)
     within `relative` (of each row's norm) and `largest` (any value) of float64 attention, zeros
-    past each row's last kept key, and not the float32 variant's result (the narrow products ran)."""
+    past each row's last kept key; rows of narrow_min_keys keys or more not the float32 variant's
+    result (the narrow products ran), shorter ones exactly it."""
     gen = torch.Generator().manual_seed(batch * seq + head_dim)
     qkv = torch.randn(batch, seq, 3 * heads * head_dim, generator=gen)
     lengths = [max(1, seq - 7 * b) for b in range(batch)]
@@ -90,7 +92,11 @@ def _check_narrow_against_float64(kernel: attention.Kernel, batch: int, seq: int
         error = ours[b, :length].double() - exact[b, :length]
         assert error.norm() <= relative * exact[b, :length].norm() and error.abs().max() <= largest
         assert not ours[b, length:].any(), "rows past the last kept key are zeros"
-    assert not torch.equal(ours, kernel.run(qkv, key_mask, heads)), f"the {kernel.narrow} products ran"
+        float32 = kernel.run(qkv[b:b + 1], key_mask[b:b + 1], heads)[0]
+        if length >= kernel.narrow_min_keys:
+            assert not torch.equal(ours[b], float32), f"the {kernel.narrow} products ran"
+        else:
+            assert torch.equal(ours[b], float32), f"a row of {length} keys runs float32"
 
 
 def _bf16_operands_reference(qkv: torch.Tensor, key_mask: torch.Tensor, heads: int) -> torch.Tensor:
@@ -130,29 +136,32 @@ def test_the_bf16_variants_softmax_is_exact_but_for_bf16_rounding(tmp_path, spre
     assert error < 2e-3 and error < rounding / 4, f"softmax error {error:.2e}, bf16 rounding's {rounding:.2e}"
 
 
-@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"), [(1, 1, 12, 32), (3, 37, 12, 32), (2, 300, 4, 64),
-                                                                 (1, 129, 3, 128), (2, 20, 1, 256)])
-def test_the_int16_variant_is_within_its_rounding_of_float64(tmp_path, batch, seq, heads, head_dim):
-    """The AVX2 build's narrow products (every x86 CPU here runs that build): q, k, v and the
-    softmax numerators scaled per row to int16 grids of 2^12-2^15 levels. Odd key counts, dropped
-    keys, padded rows; the error is a tenth of the bf16 variant's bound, so a wrong layout or scale
-    (an error of the output's size) cannot pass, and the int16 products did run."""
-    kernel = attention.load_kernel(library.AVX2, str(tmp_path))
-    assert kernel is not None and kernel.narrow == "int16"
+@pytest.mark.parametrize("isa", int16_attention_builds(), ids=lambda isa: isa.name)
+@pytest.mark.parametrize(("batch", "seq", "heads", "head_dim"), [(1, 1, 12, 32), (3, 101, 12, 32), (2, 300, 4, 64),
+                                                                 (1, 129, 3, 128), (2, 100, 1, 256)])
+def test_the_int16_variant_is_within_its_rounding_of_float64(tmp_path, isa, batch, seq, heads, head_dim):
+    """The narrow products of the AVX2 build (every x86 CPU here runs it) and of the AVX512-VNNI
+    one: q, k, v and the softmax numerators scaled per row to int16 grids of 2^12-2^15 levels. Odd
+    key counts, dropped keys, padded rows; the error is a tenth of the bf16 variant's bound, so a
+    wrong layout or scale (an error of the output's size) cannot pass, and the int16 products did
+    run (rows of 96 keys or more; 101 tokens, lengths 101, 94 and 87, mixes both in one batch)."""
+    kernel = attention.load_kernel(isa, str(tmp_path))
+    assert kernel is not None and kernel.narrow == "int16" and kernel.narrow_min_keys == 96
     _check_narrow_against_float64(kernel, batch, seq, heads, head_dim, relative=1e-3, largest=5e-3)
 
 
+@pytest.mark.parametrize("isa", int16_attention_builds(), ids=lambda isa: isa.name)
 @pytest.mark.parametrize("case", ["flat", "peaked", "zeros"])
-def test_the_int16_variant_keeps_its_sums_in_range(tmp_path, case):
+def test_the_int16_variant_keeps_its_sums_in_range(tmp_path, isa, case):
     """The cases that stress its int32 sums and scales: "flat", q = 0 over 3000 keys (every weight
     equal: P.V sums 3000 products of full-range values, the budget that p's scale keeps), "peaked",
     q and k 30x larger (scores thousands apart: most numerators clamp to ~0, one dominates), and
     "zeros", rows of v and k that are all 0 (a scale of 0). Peaked scores carry an absolute error
     that grows with them (~2^-13 of |q| |k|), which moves near-ties: a larger bound there, still
     below the bf16 variant's."""
-    kernel = attention.load_kernel(library.AVX2, str(tmp_path))
+    kernel = attention.load_kernel(isa, str(tmp_path))
     gen = torch.Generator().manual_seed(11)
-    seq, heads, head_dim = (3000, 1, 32) if case == "flat" else (90, 2, 32)
+    seq, heads, head_dim = (3000, 1, 32) if case == "flat" else (190, 2, 32)
     qkv = torch.randn(1, seq, 3 * heads * head_dim, generator=gen)
     hd = heads * head_dim
     if case == "flat":
@@ -304,7 +313,7 @@ def test_the_int8_model_runs_narrow_attention_where_the_kernel_has_it(tiny_bert_
         wrapper = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("wrapper.cpp"))
     from_accumulator = compiled.engine.runner.model.layers[0].qkv.kernel.name == "int_mm"
     shim = "aoti_torch_cpu_encoder_attention" + ("_int8" if from_accumulator else "") + (
-        "_narrow" if attention_isa() in (library.AVX512_BF16, library.AVX2) else "")
+        "_narrow" if attention_isa() in (library.AVX512_BF16, library.AVX512_VNNI, library.AVX2) else "")
     calls = {name for name in ("encoder_attention", "encoder_attention_narrow", "encoder_attention_int8",
                                "encoder_attention_int8_narrow") if f"CHECK(aoti_torch_cpu_{name}(" in wrapper}
     assert calls == {shim.removeprefix("aoti_torch_cpu_")}

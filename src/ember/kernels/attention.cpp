@@ -17,7 +17,8 @@
 // the int8 model calls): the same tasks and tiles, with q.k and P.V as pair dot products of bf16
 // values where the build has AVX512-BF16 (library.AVX512_BF16; pack_bf16, attend_head_bf16 in
 // attention_bf16.h, with a cheaper softmax that writes P.V's pairs), of int16 values in the AVX2
-// build (pack_int16, attend_head_int16 in attention_int16.h; AVX-512 without BF16 has none).
+// build and in an AVX512-VNNI one (pack_int16, attend_head_int16 in attention_int16.h; plain
+// AVX-512 has none).
 //
 // The rows come from one of two sources (attention_rows.h). FloatRows reads the fused projection's float32 output.
 // Int8Rows reads its int32 accumulator (an int8 linear's, before the epilogue that would scale it
@@ -107,7 +108,8 @@ inline void softmax_rows(float* sc, int64_t Lp, const VT* row_top, float* inv) {
 // Which narrow products this build has (ember_attention_narrow_products).
 #if defined(__AVX512BF16__)
 constexpr int32_t kNarrow = 1;  // bf16
-#elif EMBER_W == 8
+#elif EMBER_W == 8 || defined(__AVX512VNNI__)
+#define EMBER_INT16_ATTENTION 1
 constexpr int32_t kNarrow = 2;  // int16
 #else
 constexpr int32_t kNarrow = 0;  // none
@@ -120,7 +122,7 @@ constexpr int32_t kNarrow = 0;  // none
 #ifdef __AVX512BF16__
 #include "attention_bf16.h"  // attend_head_bf16, pack_bf16
 #endif
-#if EMBER_W == 8
+#ifdef EMBER_INT16_ATTENTION
 #include "attention_int16.h"  // attend_head_int16, pack_int16
 #endif
 
@@ -231,8 +233,8 @@ void attention(const Rows& rows, const bool* key_mask, float* out, const Shape& 
         continue;
       }
 #endif
-#if EMBER_W == 8
-      if (narrow && L <= kMaxInt16Keys) {
+#ifdef EMBER_INT16_ATTENTION
+      if (narrow && L >= kMinInt16Keys && L <= kMaxInt16Keys) {
         uint32_t* qp = q_pairs.reserve(GH * L * D / 2);
         uint32_t* kt = k_pairs.fill(GH * D / 2 * Lk, 0u);
         uint32_t* vv = v_pairs.fill(GH * Lk / 2 * D, 0u);
@@ -270,8 +272,18 @@ void ember_attention_bind(void* const* functions, const int32_t* codes) { bind(f
 // Floats per vector of this build: attention.py checks it against the CPU before using it.
 int32_t ember_attention_vector_width() { return W; }
 
-// The narrow products of this build: 1 bf16 (built with AVX512-BF16), 2 int16 (AVX2), 0 none.
+// The narrow products of this build: 1 bf16 (built with AVX512-BF16), 2 int16 (AVX2, or
+// AVX512-VNNI without BF16), 0 none.
 int32_t ember_attention_narrow_products() { return kNarrow; }
+
+// The fewest keys a batch row needs for the narrow products to run (shorter rows: float32).
+int64_t ember_attention_narrow_min_keys() {
+#ifdef EMBER_INT16_ATTENTION
+  return kMinInt16Keys;
+#else
+  return 0;
+#endif
+}
 
 // The raw entries (eager calls through ctypes): return 0, 1 if D is not a multiple of 2 W, or 2 if
 // narrow products are asked of a build without them.

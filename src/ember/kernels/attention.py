@@ -11,11 +11,13 @@ model only, whose gate measures it (Kernel.narrow says which):
 - "bf16" where the CPU has AVX512-BF16: bf16 pair dot products (float32 accumulators; a float32
   softmax whose exp is a cubic, 8e-5 at worst, below the bf16 rounding of its weights): 1.6-1.8x
   at 4 x 256 tokens;
-- "int16" in the AVX2 build: int16 pair dot products (vpmaddwd) of values scaled per row, ~13-15
-  bits each (relative error ~2e-4, a tenth of bf16's): 0.88x the float32 op's time at 4 x 256
-  tokens on a Zen 4 held to AVX2 (the served int8 model: ~1.03x passages/s; a Zen 3's own
-  integer multiply pipes are not measured yet);
-- none on AVX-512 without BF16 (encoder_attention_narrow is not offered there).
+- "int16" in the AVX2 build and, without AVX512-BF16, in an AVX512-VNNI one (Cascade Lake, Ice
+  Lake): int16 pair dot products (vpmaddwd; vpdpwssd with VNNI) of values scaled per row, ~13-15
+  bits each (relative error ~2e-4, a tenth of bf16's), for batch rows of 96 keys or more (shorter
+  ones run float32: Kernel.narrow_min_keys). At 4 x 256 tokens on a Zen 4: 0.88x the float32 op's
+  time held to AVX2 (the served int8 model: ~1.03x passages/s), 0.81x in the AVX512-VNNI build
+  (bf16 there: 0.65x). Neither a Zen 3 nor an Intel CPU without BF16 has measured it yet;
+- none on AVX-512 without VNNI or BF16 (encoder_attention_narrow is not offered there).
 ember::encoder_attention_int8 (and `_int8_narrow`) take the int8 model's fused projection before it
 is scaled back to float32: its int32 accumulator, with the row and column terms that dequantize it
 (QkvAccumulator). The kernel dequantizes each row as it packs it, so the projection's float32
@@ -81,7 +83,10 @@ class Kernel:
     library: ctypes.CDLL
     narrow: str | None
     """The products of its narrow variant: "bf16" (a CPU with AVX512-BF16), "int16" (the AVX2
-    build) or None (AVX-512 without BF16)."""
+    build, and AVX512-VNNI without BF16) or None (AVX-512 without either)."""
+    narrow_min_keys: int = 0
+    """Batch rows with fewer keys (up to the last one the mask keeps) run float32 in the narrow
+    variant: int16's per-row scaling costs more than it saves below 96."""
 
     def supports(self, head_dim: int, dtype: torch.dtype) -> bool:
         return dtype == torch.float32 and 0 < head_dim <= 256 and head_dim % (2 * self.width) == 0
@@ -118,15 +123,18 @@ class Kernel:
         if not self.supports(head_dim, dtype):
             raise ValueError(f"head size {head_dim} ({dtype}) is not supported by the {self.isa} attention kernel")
         if narrow and not self.narrow:
-            raise ValueError(f"the {self.isa} attention kernel has no narrow variant (AVX-512 without BF16)")
+            raise ValueError(f"the {self.isa} attention kernel has no narrow variant (AVX-512 without VNNI or BF16)")
         return head_dim
 
 
 def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) -> Kernel | None:
-    """The kernel built for `isa`, with bf16 products where the CPU has AVX512-BF16 (None if it
+    """The kernel built for `isa`, with bf16 products where the CPU has AVX512-BF16, else int16
+    ones where it has AVX512-VNNI (None if it
     cannot be built here); `exported`: its shim answers compiled graphs (library.load)."""
     if isa == library.AVX512 and {"avx512_bf16", "avx512bw"} <= library.cpu_flags():
         isa = library.AVX512_BF16
+    elif isa == library.AVX512 and {"avx512_vnni", "avx512bw"} <= library.cpu_flags():
+        isa = library.AVX512_VNNI  # int16 products with vpdpwssd
     lib = library.load_bound("attention", isa, cache_dir, exported)
     if lib is None:
         return None
@@ -138,7 +146,8 @@ def load_kernel(isa: library.VectorIsa, cache_dir: str, exported: bool = False) 
     raw_int8.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 7 + [
         ctypes.c_int32]
     narrow = {0: None, 1: "bf16", 2: "int16"}[lib.ember_attention_narrow_products()]
-    return Kernel(isa.name, isa.width, raw, raw_int8, lib, narrow)
+    lib.ember_attention_narrow_min_keys.restype = ctypes.c_int64
+    return Kernel(isa.name, isa.width, raw, raw_int8, lib, narrow, lib.ember_attention_narrow_min_keys())
 
 
 _process: library.ProcessKernel[Kernel] = library.ProcessKernel(load_kernel)
