@@ -6,15 +6,16 @@
 // float32 FMAs (its adds run on all four of a Zen's vector pipes, not only the two FMA ones);
 // AVX512-VNNI's vpdpwssd does the multiply and the add in one instruction.
 // q.k and P.V become pair dot products of int16 values, each row scaled to its own range:
-// - q (already times 1 / sqrt(D)) and k per row of a head, to +-kRange(D), where D products of
+// - q (already times 1 / sqrt(D)) and k per row of a head, to +-key_range(D), where D products of
 //   two such values cannot overflow int32: score = acc * sq[i] * sk[j];
 // - v per key row, its scale folded into the softmax numerators: p'[j] = exp(s[j] - top) * sv[j],
 //   so that out[i] = sum_j p'[j] v16[j] / sum_j exp(s[j] - top);
 // - p' per query row, to a scale sp at which the row's sum of |p16| times kValueRange fits int32
 //   (and no p16 exceeds 32767): a flat row of many keys gets fewer levels per weight, a peaked row
 //   (most of them) nearly 15 bits for its few large weights.
-// Each value is rounded once to a grid of 2^13 levels or finer (D = 32): below bf16's 2^8
-// mantissa, so the relative error of the result is ~1e-4 where the bf16 variant's is ~2e-3. Only
+// Each value is rounded once to a grid of 2^12-2^15 levels (q and k: 2^13 at D = 32, 2^12 at
+// D = 256), finer than bf16's 2^8 mantissa, so the relative error of the result is ~2e-4 where
+// the bf16 variant's is ~2e-3. Rows of fewer than kMinInt16Keys keys run float32. Only
 // the int8 model calls it, whose gate measures the whole model (runner/int8). Pairs run along the
 // reduced dimension, as in the bf16 variant: (q[2t], q[2t+1]) . (k[2t], k[2t+1]) for the scores,
 // (p[2j], p[2j+1]) . (v[2j][d], v[2j+1][d]) for P.V; a uint32 holds a pair, the lower index low.
@@ -72,8 +73,8 @@ struct Int16Products {  // attention_pairs.h's Products
 
 namespace {
 
-// 16 int32 values (each in -32768..32767) -> 16 int16 in order, as 8 pairs: vpackssdw works per
-// 128-bit lane, vpermq puts the lanes back in order.
+// 2 W int32 values (each in -32768..32767) -> 2 W int16 in order, as W pairs: vpackssdw packs
+// within each 128-bit lane, a permute of 64-bit lanes (vpermq) puts them back in order.
 inline VP to_pairs(VI lo, VI hi) {
 #if EMBER_W == 8
   const Q packed = (Q)__builtin_ia32_packssdw256(lo, hi);
