@@ -15,7 +15,7 @@ model only, whose gate measures it (Kernel.narrow says which):
   Lake): int16 pair dot products (vpmaddwd; vpdpwssd with VNNI) of values scaled per row, ~13-15
   bits each (relative error ~2e-4, a tenth of bf16's), for batch rows of 96 keys or more (shorter
   ones run float32: Kernel.narrow_min_keys). At 4 x 256 tokens on a Zen 4: 0.88x the float32 op's
-  time held to AVX2 (the served int8 model: ~1.03x passages/s), 0.81x in the AVX512-VNNI build
+  time held to AVX2 (the served int8 model: 1.03-1.06x passages/s), 0.81x in the AVX512-VNNI build
   (bf16 there: 0.65x). Neither a Zen 3 nor an Intel CPU without BF16 has measured it yet;
 - none on AVX-512 without VNNI or BF16 (encoder_attention_narrow is not offered there).
 ember::encoder_attention_int8 (and `_int8_narrow`) take the int8 model's fused projection before it
