@@ -11,6 +11,7 @@ from torch import nn
 
 from ember import LLM
 from ember.errors import InvalidRequestError
+from ember.kernels.library import cpu_flags
 from ember.model.loader import ModelFolder, build_model
 from ember.runner import packed_linear
 from ember.runner.aot_package import load_or_compile
@@ -47,8 +48,9 @@ def test_pack_linears_replaces_the_float32_linears_but_the_skipped_ones(tiny_ber
     assert replaced == len(linears) - 1
     assert type(model.get_submodule(linears[-1])) is nn.Linear
     assert all(isinstance(model.get_submodule(name), PackedLinear) for name in linears[:-1])
-    bf16 = build_model(ModelFolder.read(tiny_bert), torch.bfloat16)
-    assert pack_linears(bf16) == len(linears)
+    if packed_linear.choose("auto", cpu_flags(), torch.bfloat16) == "onednn":  # a CPU with oneDNN's bf16 path
+        bf16 = build_model(ModelFolder.read(tiny_bert), torch.bfloat16)
+        assert pack_linears(bf16) == len(linears)
     half = build_model(ModelFolder.read(tiny_bert), torch.float16)
     assert pack_linears(half) == 0  # float32 and bfloat16 only
 
@@ -97,6 +99,13 @@ def test_a_package_built_from_a_packed_model_runs_on_the_packed_weights_it_is_ha
 def test_the_engine_serves_the_same_vectors_on_either_linear_kernel(tiny_bert, tmp_path, dtype, tolerance):
     texts = ["a short one", "and a longer text " * 6, "x"]
     vectors = []
+    if dtype == "bfloat16" and packed_linear.choose("auto", cpu_flags(), torch.bfloat16) == "aten":
+        # No bf16 path in oneDNN here (an AVX2-only CPU): asked for, it is refused by name; auto is torch's.
+        with pytest.raises(InvalidRequestError, match="linear_kernel='onednn' with dtype='bfloat16'"):
+            LLM(str(tiny_bert), quantization=None, dtype=dtype, linear_kernel="onednn", compile_cache_dir=str(tmp_path))
+        assert LLM(str(tiny_bert), quantization=None, dtype=dtype, enforce_eager=True,
+                   compile_cache_dir=str(tmp_path)).stats()["linear_kernel"] == "aten"
+        return
     for kernel in ("onednn", "aten"):
         llm = LLM(str(tiny_bert), quantization=None, dtype=dtype, linear_kernel=kernel, max_num_seqs=4,
                   compile_cache_dir=str(tmp_path))
@@ -112,6 +121,13 @@ def test_auto_takes_onednn_on_x86_with_avx2_and_a_bad_name_is_refused():
     assert packed_linear.choose("auto", {"avx2", "fma"}) == "onednn"
     assert packed_linear.choose("auto", {"asimd"}) == "aten"
     assert packed_linear.choose("aten", {"avx2"}) == "aten"
+    # bfloat16: oneDNN only where it has a bf16 path; explicitly asked for elsewhere, refused by name.
+    assert packed_linear.choose("auto", {"avx2"}, torch.bfloat16) == "aten"
+    assert packed_linear.choose("auto", {"avx2", "avx512bw", "avx512vl", "avx512dq"}, torch.bfloat16) == "onednn"
+    assert packed_linear.choose("auto", {"avx2", "avx_ne_convert"}, torch.bfloat16) == "onednn"
+    assert packed_linear.choose("auto", {"avx2"}, torch.float32) == "onednn"
+    with pytest.raises(InvalidRequestError, match="linear_kernel"):
+        packed_linear.choose("onednn", {"avx2"}, torch.bfloat16)
     with pytest.raises(InvalidRequestError, match="linear_kernel"):
         LLM("unused", linear_kernel="mkl")
 

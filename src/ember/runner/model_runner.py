@@ -61,7 +61,7 @@ class ModelRunner:
             kwargs={"int8_kernels": int8_kernel is not None and int8_kernel.name == "int_mm"})
         self._kernels.start()
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
-        self.linear_kernel = packed_linear.choose(mc.linear_kernel, cpu_flags())
+        self.linear_kernel = packed_linear.choose(mc.linear_kernel, cpu_flags(), self.dtype)
         """What runs the float linears: "onednn" (runner/packed_linear.py) or "aten"."""
         self.model = self._build_model(self.dtype, int8_kernel)
         self.tokenizer = TextTokenizer(self.folder.path, do_lower_case=self.folder.st.do_lower_case)
@@ -171,6 +171,7 @@ class ModelRunner:
         """A fresh model from the folder's weights (the int8 one was quantized in place), or `model`."""
         self._compiled = None
         self.dtype = dtype
+        self.linear_kernel = packed_linear.choose(self.config.model_config.linear_kernel, cpu_flags(), dtype)
         self.model = model if model is not None else self._build_model(self.dtype, None)
         self.heads = self._output_heads()
         self.plan = self._shape_plan()

@@ -7,7 +7,10 @@ vLLM's CPU backend uses) JITs its GEMM for the ISA it finds at run time, and
 On MiniLM's shapes, 2 threads (bench/results/, BENCHMARKS.md): on a Zen 4 (AVX-512) 1.1-1.4x
 MKL at 1024 rows and 1.5-2x at 1-17 rows (a single request); held to AVX2, 1.0-1.2x and
 1.2-1.4x. bfloat16 linears are oneDNN's already, on the plain weight (reordered per call): packed,
-1.1-1.2x at 1024 rows and 1.4x at 16 (Zen 4, AVX512-BF16).
+1.1-1.2x at 1024 rows and 1.4x at 16 (Zen 4, AVX512-BF16). oneDNN packs bfloat16 weights only
+where it has a bf16 path (AVX512BW/VL/DQ or AVX-NE-CONVERT: BF16_PACKING_FLAGS; elsewhere its
+reorder raises), so a bfloat16 model on an AVX2-only CPU (where bf16 is emulated, never Ember's
+own choice) keeps torch's linears.
 
 A PackedLinear is an nn.Linear (the int8 calibration, Int8Linear.from_float and the state dict see
 the same weight and bias); its forward multiplies by `weight_packed`, an opaque mkldnn tensor of
@@ -36,19 +39,30 @@ PACK_ROWS = 1024
 (384 -> 1536 at 1, 17, 128 and 1024 rows: within 5% of the best of weights packed for 1, 16, 128 or
 1024 rows; the one packed for 1 row was the slowest at every count)."""
 
+BF16_PACKING_FLAGS: tuple[frozenset[str], ...] = (frozenset({"avx512bw", "avx512vl", "avx512dq"}),
+                                                 frozenset({"avx_ne_convert"}))
+"""/proc/cpuinfo flag sets, any one of which oneDNN's bf16 weight reorder needs."""
+
+
 def available() -> bool:
     """Whether this torch has oneDNN (x86 and ARM builds of torch do)."""
     return torch.backends.mkldnn.is_available()
 
 
-def choose(requested: str, flags: set[str]) -> str:
+def choose(requested: str, flags: set[str], dtype: torch.dtype = torch.float32) -> str:
     """The float linears' kernel for `requested` ("auto", "onednn" or "aten": config.py checks the
-    name) on a CPU with /proc/cpuinfo `flags`: "onednn" or "aten" (torch's own). auto: oneDNN on x86 with AVX2 (faster with AVX-512, on par end to end
-    with AVX2 alone, faster at a query's few rows on both), else aten (ARM: oneDNN runs through
-    ACL there, not measured)."""
+    name) on a CPU with /proc/cpuinfo `flags`, for a model in `dtype`: "onednn" or "aten" (torch's
+    own). auto: oneDNN on x86 with AVX2 (faster with AVX-512, on par end to end with AVX2 alone,
+    faster at a query's few rows on both), else aten (ARM: oneDNN runs through ACL there, not
+    measured); bfloat16 only where oneDNN packs it (BF16_PACKING_FLAGS)."""
     if requested == "onednn" and not available():
         raise InvalidRequestError("linear_kernel='onednn' needs a torch built with oneDNN", param="linear_kernel")
-    if requested == "aten" or not available():
+    packs_dtype = dtype != torch.bfloat16 or any(needed <= flags for needed in BF16_PACKING_FLAGS)
+    if requested == "onednn" and not packs_dtype:
+        raise InvalidRequestError("linear_kernel='onednn' with dtype='bfloat16' needs a CPU with AVX512BW/VL/DQ or "
+                                  "AVX-NE-CONVERT (oneDNN's bf16 path); use linear_kernel='auto' or 'aten'",
+                                  param="linear_kernel")
+    if requested == "aten" or not available() or not packs_dtype:
         return "aten"
     return "onednn" if requested == "onednn" or "avx2" in flags else "aten"
 
