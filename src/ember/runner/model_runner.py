@@ -47,19 +47,19 @@ class ModelRunner:
         mc = config.model_config
         self.folder = folder or ModelFolder.read(resolve_model_path(mc.model))
         cc = config.compile_config
+        cache_dir = resolve_cache_dir(cc.compile_cache_dir)
+        # Ember's kernels are built (first start, side by side, the compiler outside the GIL) or loaded
+        # while the model loads; _await_kernels() joins them before the model first runs. Every encoder
+        # calls the attention kernel, the longest to build (1.8 s of g++ on a Zen 3): it starts before
+        # int8.choose, which on an AVX2 CPU builds the int8 GEMM first to decide on it.
+        self._kernels = [self._start_kernels(cache_dir, int8_kernels=False)]
         self.quantization, int8_kernel = int8.choose(
             mc.quantization, mc.dtype, cc.enforce_eager, mc.int8_kernel,
-            getattr(model_class(self.folder.architecture), "int8_by_default", False),
-            resolve_cache_dir(cc.compile_cache_dir))
+            getattr(model_class(self.folder.architecture), "int8_by_default", False), cache_dir)
         """What runs: "int8" or None (float). quantization="auto" picks int8 where the CPU has a fast
         int8 kernel and the model is compiled, and falls back to float if the int8 gate fails."""
-        # Ember's kernels are built (first start, 0.3-0.4 s of the compiler each, side by side, outside
-        # the GIL) or loaded while the model loads; _await_kernels() joins them before the model first runs.
-        self._kernels = threading.Thread(
-            target=kernels.prepare, name="ember-kernels", daemon=True,
-            args=(resolve_cache_dir(cc.compile_cache_dir),),
-            kwargs={"int8_kernels": int8_kernel is not None and int8_kernel.name == "int_mm"})
-        self._kernels.start()
+        if int8_kernel is not None and int8_kernel.name == "int_mm":
+            self._kernels.append(self._start_kernels(cache_dir, int8_kernels=True))
         self.dtype = torch.float32 if self.quantization else resolve_dtype(mc.dtype)
         self.linear_kernel = packed_linear.choose(mc.linear_kernel, cpu_flags(), self.dtype)
         """What runs the float linears: "onednn" (runner/packed_linear.py) or "aten"."""
@@ -237,12 +237,21 @@ class ModelRunner:
         """Whether the int8 model (if any) runs int_mm, the kernel Ember's int8 ops (int8_ffn, int8_mm) serve."""
         return self.int8 is not None and self.int8.kernel.name == "int_mm"
 
+    @staticmethod
+    def _start_kernels(cache_dir: str, *, int8_kernels: bool) -> threading.Thread:
+        """kernels.prepare in a thread (the attention kernel always; the int8 ones if asked)."""
+        thread = threading.Thread(target=kernels.prepare, name="ember-kernels", daemon=True, args=(cache_dir,),
+                                  kwargs={"int8_kernels": int8_kernels})
+        thread.start()
+        return thread
+
     def _await_kernels(self) -> None:
         """Wait until Ember's kernels are loaded (or known to be unavailable): the model's forward
         and its export ask them whether they run (ember/kernels)."""
-        if self._kernels.is_alive():
+        if any(thread.is_alive() for thread in self._kernels):
             start = time.perf_counter()
-            self._kernels.join()
+            for thread in self._kernels:
+                thread.join()
             logger.info("waited %.2f s for Ember's kernels to build", time.perf_counter() - start)
 
     @property
