@@ -80,14 +80,17 @@ class ProcessKernel(Generic[K]):
     def __init__(self, load: Callable[..., K | None]) -> None:
         """`load(isa, cache_dir, exported=...)`: the kernel module's load_kernel."""
         self._load = load
+        self._preparing = threading.Lock()
         self.kernel: K | None = None
 
     def prepare(self, cache_dir: str) -> K | None:
         """Build or load the kernel for this CPU's ISA (once: a failed build is remembered by load),
-        its shim exported to the process."""
-        if self.kernel is None:
-            isa = vector_isa()
-            self.kernel = self._load(isa, cache_dir, exported=True) if isa is not None else None
+        its shim exported to the process. A second caller meanwhile (the runner prepares the
+        attention kernel early, then again with the int8 ones) waits for the first."""
+        with self._preparing:
+            if self.kernel is None:
+                isa = vector_isa()
+                self.kernel = self._load(isa, cache_dir, exported=True) if isa is not None else None
         return self.kernel
 
 
