@@ -39,6 +39,17 @@ def hermetic_compile_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def precompiled_headers() -> None:
+    """The suite compiles well over a hundred graphs: inductor's precompiled headers, built once
+    for the machine (the first worker builds, the other waits on inductor's lock), take ~3.5 s of
+    g++ off each (runner/aoti_build.py). A start measured as on a fresh machine (bench/startup.py)
+    has its own TMPDIR, so it never sees them."""
+    from ember.runner.aoti_build import build_precompiled_headers
+
+    build_precompiled_headers()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
