@@ -22,6 +22,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+LONGEST_FILES = ("runner/test_quantize.py", "runner/test_aot_package.py", "entrypoints/test_ray.py",
+                 "model/test_gguf.py", "model/test_modernbert.py", "runner/test_ready_guarantee.py")
+"""The files that take longest (minutes each on 2 cores), run first. `-n 2 --dist loadfile` hands
+whole files to the workers in collection order; the longest collected last (test_quantize.py,
+whose folder sorts late) kept one worker busy for minutes after the other had run out of files."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(LONGEST_FILES) if path.endswith(name)), len(LONGEST_FILES))
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, stays
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_compile_cache(tmp_path_factory: pytest.TempPathFactory):
     """Engines built without compile_cache_dir share one fresh cache for the session, not ~/.cache.
