@@ -63,8 +63,8 @@ def build_fast(compile_package: Callable[[object, dict[str, object]], None], exp
 
 
 def build_precompiled_headers() -> None:
-    """Build inductor's precompiled headers of the AOT wrapper and of the kernels' preamble (about
-    16 s of g++, once per machine, compiler and torch), by compiling a one-linear graph with the
+    """Build inductor's precompiled headers of the AOT wrapper and of the kernels' preamble (two
+    compiles of ~8 s side by side, once per machine, compiler and torch), by compiling a one-linear graph with the
     settings Ember's builds use. Every later build in any process then finds them (build_fast),
     which pays off where a machine compiles many graphs: the test suite calls this first."""
     from torch._inductor import aoti_compile_and_package
@@ -88,30 +88,59 @@ def _precompiled_headers_exist() -> bool:
 @contextlib.contextmanager
 def _precompiled_headers_used(*, build: bool) -> Iterator[None]:
     """Inductor builds a missing precompiled header right before the compile that wants it (~8 s
-    each, serially): unless `build`, a missing one is not built, and the compile includes the
-    header itself. Inductor internals, pinned by torch==2.13.0: if they are not as expected,
-    nothing is changed. Inductor remembers the headers it answered per process: forgotten on
-    both sides, so that a later build is not skipped."""
-    from torch._inductor import codecache
+    each, one after the other). Unless `build`, a missing one is not built, and the compile
+    includes the header itself; with `build`, the two are built side by side, and every compile
+    that is not a header's (preprocessing or precompiling) waits for them. Inductor internals, pinned by torch==2.13.0: if they are not as
+    expected, nothing is changed. Inductor remembers the headers it answered per process:
+    forgotten on both sides, so that a later build is not skipped."""
+    from torch._inductor import codecache, cpp_builder
 
     compile_headers = getattr(codecache, "_worker_compile_cpp", None)
     remembered = getattr(codecache, "_precompile_header", None)
-    if compile_headers is None or not hasattr(remembered, "cache_clear"):
+    builder = getattr(cpp_builder, "CppBuilder", None)
+    original_build = getattr(builder, "build", None)
+    if compile_headers is None or original_build is None or not hasattr(remembered, "cache_clear"):
         yield
         return
+    pending: list[tuple[threading.Thread, list[BaseException]]] = []
 
     def compile_existing_only(lock_path: str, builders: object) -> None:
-        for builder in builders:  # type: ignore[attr-defined]
-            target = builder.get_target_file_path()
+        for header in builders:  # type: ignore[attr-defined]
+            target = header.get_target_file_path()
             logger.debug("precompiled header %s: %s", target, "used" if os.path.exists(target) else "missing, not built")
 
+    def compile_beside(lock_path: str, builders: object) -> None:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                compile_headers(lock_path, builders)
+            except BaseException as exc:
+                errors.append(exc)
+        thread = threading.Thread(target=run, name="ember-header", daemon=True)
+        thread.start()
+        pending.append((thread, errors))
+
+    def build_after_headers(self: object) -> None:
+        if not (getattr(self, "_precompiling", False) or getattr(self, "_preprocessing", False)):
+            while pending:
+                thread, errors = pending.pop()
+                thread.join()
+                if errors:
+                    raise errors[0]
+        return original_build(self)
+
     remembered.cache_clear()
-    if not build:
-        codecache._worker_compile_cpp = compile_existing_only
+    codecache._worker_compile_cpp = compile_beside if build else compile_existing_only
+    if build:
+        builder.build = build_after_headers
     try:
         yield
     finally:
+        for thread, _ in pending:
+            thread.join()
         codecache._worker_compile_cpp = compile_headers
+        builder.build = original_build
         remembered.cache_clear()
 
 
