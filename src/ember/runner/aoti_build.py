@@ -52,27 +52,28 @@ def build_fast(compile_package: Callable[[object, dict[str, object]], None], exp
         program = export()
         probe.join()
         try:
-            with _wrapper_compiled_beside_kernels(), _precompiled_headers_used(build=False):
+            with _wrapper_compiled_beside_kernels(), _missing_headers_not_built():
                 compile_package(program, settings)
             return
         except Exception as exc:
             logger.warning("AOT compile with the CPU's vector ISA failed (%s); retrying with ISA probes", exc)
     _forget_isa_checks()
-    with _precompiled_headers_used(build=False):
+    with _missing_headers_not_built():
         compile_package(program, {**settings, "cpp.vec_isa_ok": None})
 
 
 def build_precompiled_headers() -> None:
     """Build inductor's precompiled headers of the AOT wrapper and of the kernels' preamble (two
-    compiles of ~8 s side by side, once per machine, compiler and torch), by compiling a one-linear graph with the
-    settings Ember's builds use. Every later build in any process then finds them (build_fast),
-    which pays off where a machine compiles many graphs: the test suite calls this first."""
+    compiles of ~8 s side by side, once per machine, compiler and torch), by compiling a
+    one-linear graph with the settings Ember's builds use. Every later build in any process then
+    finds them (build_fast), which pays off where a machine compiles many graphs: the test suite
+    calls this first."""
     from torch._inductor import aoti_compile_and_package
 
     settings = {**AOTI_SETTINGS, "aot_inductor.precompile_headers": True}
     program = torch.export.export(torch.nn.Linear(8, 8), (torch.ones(2, 8),))
     with tempfile.TemporaryDirectory(prefix="ember-headers-") as scratch, inductor_config.patch(settings), \
-            _precompiled_headers_used(build=True):
+            _headers_built_side_by_side():
         aoti_compile_and_package(program, package_path=str(Path(scratch) / "headers.pt2"), inductor_configs=settings)
 
 
@@ -86,30 +87,32 @@ def _precompiled_headers_exist() -> bool:
 
 
 @contextlib.contextmanager
-def _precompiled_headers_used(*, build: bool) -> Iterator[None]:
+def _missing_headers_not_built() -> Iterator[None]:
     """Inductor builds a missing precompiled header right before the compile that wants it (~8 s
-    each, one after the other). Unless `build`, a missing one is not built, and the compile
-    includes the header itself; with `build`, the two are built side by side, and every compile
-    that is not a header's (preprocessing or precompiling) waits for them. Inductor internals, pinned by torch==2.13.0: if they are not as
-    expected, nothing is changed. Inductor remembers the headers it answered per process:
-    forgotten on both sides, so that a later build is not skipped."""
-    from torch._inductor import codecache, cpp_builder
-
-    compile_headers = getattr(codecache, "_worker_compile_cpp", None)
-    remembered = getattr(codecache, "_precompile_header", None)
-    builder = getattr(cpp_builder, "CppBuilder", None)
-    original_build = getattr(builder, "build", None)
-    if compile_headers is None or original_build is None or not hasattr(remembered, "cache_clear"):
-        yield
-        return
-    pending: list[tuple[threading.Thread, list[BaseException]]] = []
-
-    def compile_existing_only(lock_path: str, builders: object) -> None:
-        for header in builders:  # type: ignore[attr-defined]
+    each, one after the other): here a missing one is not built, and the compile includes the
+    header itself."""
+    def look_only(compile_headers: Callable[..., None], lock_path: str, builders: list) -> None:
+        for header in builders:
             target = header.get_target_file_path()
             logger.debug("precompiled header %s: %s", target, "used" if os.path.exists(target) else "missing, not built")
+    with _header_compile_replaced(look_only):
+        yield
 
-    def compile_beside(lock_path: str, builders: object) -> None:
+
+@contextlib.contextmanager
+def _headers_built_side_by_side() -> Iterator[None]:
+    """The headers inductor asks for are built in threads, and every compile that is not a
+    header's (preprocessing or precompiling one) waits for them."""
+    pending: list[tuple[threading.Thread, list[BaseException]]] = []
+
+    def wait_for_headers() -> None:
+        while pending:
+            thread, errors = pending.pop()
+            thread.join()
+            if errors:
+                raise errors[0]
+
+    def in_a_thread(compile_headers: Callable[..., None], lock_path: str, builders: list) -> None:
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -121,25 +124,48 @@ def _precompiled_headers_used(*, build: bool) -> Iterator[None]:
         thread.start()
         pending.append((thread, errors))
 
-    def build_after_headers(self: object) -> None:
-        if not (getattr(self, "_precompiling", False) or getattr(self, "_preprocessing", False)):
-            while pending:
-                thread, errors = pending.pop()
-                thread.join()
-                if errors:
-                    raise errors[0]
-        return original_build(self)
-
-    remembered.cache_clear()
-    codecache._worker_compile_cpp = compile_beside if build else compile_existing_only
-    if build:
-        builder.build = build_after_headers
+    def before_build(builder: object) -> None:
+        if not (getattr(builder, "_precompiling", False) or getattr(builder, "_preprocessing", False)):
+            wait_for_headers()
     try:
-        yield
+        with _header_compile_replaced(in_a_thread, before_build):
+            yield
+            wait_for_headers()
     finally:
         for thread, _ in pending:
             thread.join()
-        codecache._worker_compile_cpp = compile_headers
+
+
+@contextlib.contextmanager
+def _header_compile_replaced(compile_headers: Callable[..., None],
+                             before_build: Callable[[object], None] | None = None) -> Iterator[None]:
+    """Inductor's header compile (codecache._worker_compile_cpp) replaced by
+    `compile_headers(original, lock_path, builders)`, and `before_build(builder)` run before every
+    CppBuilder.build (if given). Inductor internals, pinned by torch==2.13.0: if they are not as expected,
+    nothing is changed. Inductor remembers per process which header it answered: forgotten on
+    both sides, so that a later build (say, one that builds them) is not skipped."""
+    from torch._inductor import codecache, cpp_builder
+
+    original = getattr(codecache, "_worker_compile_cpp", None)
+    remembered = getattr(codecache, "_precompile_header", None)
+    builder = getattr(cpp_builder, "CppBuilder", None)
+    original_build = getattr(builder, "build", None)
+    if original is None or original_build is None or not hasattr(remembered, "cache_clear"):
+        yield
+        return
+
+    def build(self: object) -> None:
+        before_build(self)  # type: ignore[misc]
+        return original_build(self)
+
+    remembered.cache_clear()
+    codecache._worker_compile_cpp = lambda lock_path, builders: compile_headers(original, lock_path, builders)
+    if before_build is not None:
+        builder.build = build
+    try:
+        yield
+    finally:
+        codecache._worker_compile_cpp = original
         builder.build = original_build
         remembered.cache_clear()
 
